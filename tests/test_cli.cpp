@@ -1,0 +1,111 @@
+// The iris CLI as a user meets it: exit codes, one-line errors naming the culprit.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/safetensors.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliRun {
+  int code;
+  std::string out, err;
+};
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+CliRun run_iris(const std::string& args) {
+  const std::string out = (iris::testing_util::scratch_dir() / "cli.out").string();
+  const std::string err = (iris::testing_util::scratch_dir() / "cli.err").string();
+  const std::string cmd = std::string(IRIS_CLI) + " " + args + " >" + out + " 2>" + err;
+  int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), slurp(out), slurp(err)};
+}
+
+std::string temp_file(const std::string& name, const std::string& bytes) {
+  const std::string p = (iris::testing_util::scratch_dir() / name).string();
+  std::ofstream(p, std::ios::binary) << bytes;
+  return p;
+}
+
+// A failure: exit code 1, exactly one line on stderr starting "error: " and naming `what`.
+void expect_clean_error(const CliRun& r, const std::string& what) {
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
+}
+
+const std::string kFixtures = IRIS_FIXTURES_DIR;
+
+}  // namespace
+
+TEST(Cli, Version) {
+  CliRun r = run_iris("--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.rfind("iris ", 0), 0u) << r.out;
+}
+
+TEST(Cli, InfoOnFixtureListsTensors) {
+  CliRun r = run_iris("info " + kFixtures + "/unet_tiny.safetensors --tensors");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("single file"), std::string::npos);
+  EXPECT_NE(r.out.find("conv_in.weight"), std::string::npos);
+  EXPECT_NE(r.out.find("metadata class: diffusers.UNet2DConditionModel"), std::string::npos) << r.out;
+}
+
+TEST(Cli, InfoOnLdmFileNamesGroups) {
+  CliRun r = run_iris("info " + kFixtures + "/unet_sd15like_ldm.safetensors");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("unet (LDM naming)"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ParityRoundTripOnEveryFixture) {
+  std::string args = "parity --roundtrip-only";
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(kFixtures))
+    if (e.path().extension() == ".safetensors") {
+      args += " " + e.path().string();
+      ++n;
+    }
+  CliRun r = run_iris(args);
+  EXPECT_EQ(r.code, 0) << r.out << r.err;
+  size_t pass = 0;
+  for (size_t pos = 0; (pos = r.out.find("PASS", pos)) != std::string::npos; ++pos) ++pass;
+  EXPECT_EQ(pass, static_cast<size_t>(n)) << r.out;
+}
+
+TEST(Cli, BadInputsGiveOneLineErrors) {
+  expect_clean_error(run_iris("info /nonexistent/model"), "/nonexistent/model");
+  std::string zero(8, '\0');
+  expect_clean_error(run_iris("info " + temp_file("zero.safetensors", zero)), "header length is 0");
+  std::string huge("\0\0\0\0\0\0\0\x80", 8);
+  expect_clean_error(run_iris("info " + temp_file("huge.safetensors", huge + "{}")), "exceeds the limit");
+  std::string beyond("\xff\0\0\0\0\0\0\0{}", 10);
+  expect_clean_error(run_iris("info " + temp_file("beyond.safetensors", beyond)), "beyond the end of the file");
+  std::string json("\x06\0\0\0\0\0\0\0{\"a\":1", 14);
+  expect_clean_error(run_iris("info " + temp_file("json.safetensors", json)), "malformed JSON");
+  std::string text = "hello, I am not a checkpoint\n";
+  expect_clean_error(run_iris("info " + temp_file("text.safetensors", text)), "text.safetensors");
+  // A real fixture cut in half.
+  const std::string whole = slurp(kFixtures + "/vae_tiny.safetensors");
+  expect_clean_error(run_iris("info " + temp_file("half.safetensors", whole.substr(0, whole.size() / 2))),
+                     "half.safetensors");
+  expect_clean_error(run_iris("parity " + temp_file("x.txt", "x")), "parity");
+}
+
+TEST(Cli, UnknownOptionFails) {
+  CliRun r = run_iris("info --no-such-flag x");
+  EXPECT_NE(r.code, 0);
+}
