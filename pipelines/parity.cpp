@@ -91,6 +91,9 @@ const ParityRegistry& parity_registry() {
   static const ParityRegistry registry = [] {
     ParityRegistry r;
     register_core_parity(r);
+    register_scheduler_parity(r);
+    register_clip_parity(r);
+    register_unet_vae_parity(r);
     return r;
   }();
   return registry;

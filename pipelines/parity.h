@@ -69,7 +69,10 @@ struct ParityOutcome {
 // class runner is skipped.
 ParityOutcome run_parity(const std::string& path, bool roundtrip_only = false);
 
-// Registration functions of the libraries.
-void register_core_parity(ParityRegistry& r);
+// Registration functions, one per family of reference classes (pipelines/parity_*.cpp).
+void register_core_parity(ParityRegistry& r);        // tokenizers, CLIP image processor
+void register_scheduler_parity(ParityRegistry& r);   // diffusers schedulers
+void register_clip_parity(ParityRegistry& r);        // CLIP text / vision models
+void register_unet_vae_parity(ParityRegistry& r);    // UNet2DConditionModel, AutoencoderKL
 
 }  // namespace iris
