@@ -97,6 +97,9 @@ LoadReport load_impl(torch::nn::Module& module, const std::vector<std::string>& 
       continue;
     }
     at::Tensor value = fetch(src->second);
+    if (options.reshape_1x1 && value.numel() == param.numel() && value.dim() + param.dim() == 6 &&
+        value.size(0) == param.size(0) && value.size(1) == param.size(1))
+      value = value.reshape(param.sizes());  // [O, I, 1, 1] <-> [O, I]
     if (value.sizes() != param.sizes()) {
       report.mismatched.push_back("key " + src->second + ": expected " + shape_string(param.sizes()) + ", found " +
                                   shape_string(value.sizes()));

@@ -40,6 +40,9 @@ struct LoadOptions {
   std::string source_prefix;
   // Strict: any missing, unexpected or mis-shaped key is a CheckpointError.
   bool strict = true;
+  // Accept [O, I, 1, 1] conv weights for [O, I] linear ones and the reverse (LDM files store
+  // some projections as 1x1 convs where diffusers uses Linear).
+  bool reshape_1x1 = false;
   // Target module keys that may stay unloaded (e.g. optional adapters).
   std::function<bool(const std::string&)> allow_missing;
 };

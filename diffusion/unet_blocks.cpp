@@ -1,0 +1,197 @@
+#include "diffusion/unet_blocks.h"
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+
+#include "core/attention.h"
+#include "core/error.h"
+
+namespace iris {
+
+namespace nn = torch::nn;
+
+at::Tensor timestep_embedding(const at::Tensor& t, int64_t dim, bool flip_sin_to_cos, double freq_shift,
+                              double max_period) {
+  const int64_t half = dim / 2;
+  // exponent_i = -ln(max_period) * i / (half - freq_shift), computed in float32 as diffusers does.
+  at::Tensor exponent = at::arange(0, half, t.options().dtype(at::kFloat)) * static_cast<float>(-std::log(max_period));
+  exponent = exponent / static_cast<float>(half - freq_shift);
+  at::Tensor emb = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);  // [B, half]
+  emb = flip_sin_to_cos ? at::cat({at::cos(emb), at::sin(emb)}, -1) : at::cat({at::sin(emb), at::cos(emb)}, -1);
+  if (dim % 2 == 1) emb = at::constant_pad_nd(emb, {0, 1});
+  return emb;
+}
+
+TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in, int64_t dim) {
+  linear_1 = register_module("linear_1", nn::Linear(in, dim));
+  linear_2 = register_module("linear_2", nn::Linear(dim, dim));
+}
+
+at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& x) { return linear_2(at::silu(linear_1(x))); }
+
+namespace {
+nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride = 1, int64_t pad = -1) {
+  return nn::Conv2d(nn::Conv2dOptions(in, out, k).stride(stride).padding(pad < 0 ? k / 2 : pad));
+}
+nn::GroupNorm group_norm(int64_t groups, int64_t ch, double eps) {
+  if (ch % groups != 0)
+    throw ConfigError("GroupNorm: " + std::to_string(ch) + " channels are not divisible by " +
+                      std::to_string(groups) + " groups (norm_num_groups)");
+  return nn::GroupNorm(nn::GroupNormOptions(groups, ch).eps(eps));
+}
+nn::Linear linear(int64_t in, int64_t out, bool bias = true) { return nn::Linear(nn::LinearOptions(in, out).bias(bias)); }
+
+// [B, L, H*D] -> [B, H, L, D]
+at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  return x.view({x.size(0), x.size(1), heads, -1}).transpose(1, 2);
+}
+// [B, H, L, D] -> [B, L, H*D]
+at::Tensor merge_heads(const at::Tensor& x) {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), -1});
+}
+}  // namespace
+
+ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in, int64_t out, int64_t temb_channels, int64_t groups, double eps,
+                                     double output_scale_factor)
+    : output_scale_factor(output_scale_factor) {
+  norm1 = register_module("norm1", group_norm(groups, in, eps));
+  conv1 = register_module("conv1", conv(in, out, 3));
+  if (temb_channels > 0) time_emb_proj = register_module("time_emb_proj", linear(temb_channels, out));
+  norm2 = register_module("norm2", group_norm(groups, out, eps));
+  conv2 = register_module("conv2", conv(out, out, 3));
+  if (in != out) conv_shortcut = register_module("conv_shortcut", conv(in, out, 1));
+}
+
+at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
+  at::Tensor h = conv1(at::silu(norm1(x)));
+  if (time_emb_proj && temb.defined()) h = h + time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+  h = conv2(at::silu(norm2(h)));
+  at::Tensor skip = conv_shortcut ? conv_shortcut(x) : x;
+  at::Tensor y = skip + h;
+  return output_scale_factor == 1.0 ? y : y / output_scale_factor;
+}
+
+Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t padding) : padding(padding) {
+  conv = register_module("conv", iris::conv(channels, channels, 3, 2, padding));
+}
+
+at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
+  if (padding == 0) return conv(at::constant_pad_nd(x, {0, 1, 0, 1}));
+  return conv(x);
+}
+
+Upsample2DImpl::Upsample2DImpl(int64_t channels) { conv = register_module("conv", iris::conv(channels, channels, 3)); }
+
+at::Tensor Upsample2DImpl::forward(const at::Tensor& x, c10::optional<std::vector<int64_t>> size) {
+  at::Tensor up = size ? at::upsample_nearest2d(x, *size)
+                       : at::upsample_nearest2d(x, std::vector<int64_t>{x.size(2) * 2, x.size(3) * 2});
+  return conv(up);
+}
+
+AttentionImpl::AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads, int64_t head_dim, bool bias)
+    : heads(heads), head_dim(head_dim) {
+  const int64_t inner = heads * head_dim;
+  to_q = register_module("to_q", linear(query_dim, inner, bias));
+  to_k = register_module("to_k", linear(context_dim, inner, bias));
+  to_v = register_module("to_v", linear(context_dim, inner, bias));
+  out_proj = linear(inner, query_dim, true);
+  to_out = register_module("to_out", nn::ModuleList(out_proj));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
+  const at::Tensor& ctx = context.defined() ? context : x;
+  at::Tensor q = split_heads(to_q(x), heads);
+  at::Tensor k = split_heads(to_k(ctx), heads);
+  at::Tensor v = split_heads(to_v(ctx), heads);
+  return out_proj(merge_heads(attention(q, k, v)));
+}
+
+FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
+  const int64_t inner = dim * mult;
+  // net.0 = GEGLU(proj), net.1 = dropout, net.2 = Linear: register the same nesting.
+  auto geglu = std::make_shared<nn::Module>();
+  proj = geglu->register_module("proj", linear(dim, inner * 2));
+  out = linear(inner, dim);
+  auto net = register_module("net", nn::ModuleList());
+  net->push_back(geglu);
+  net->push_back(nn::Identity());
+  net->push_back(out);
+}
+
+at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
+  auto parts = proj(x).chunk(2, -1);  // hidden, gate
+  return out(parts[0] * at::gelu(parts[1]));
+}
+
+BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, int64_t cross_dim,
+                                                     bool only_cross_attention)
+    : only_cross_attention(only_cross_attention) {
+  norm1 = register_module("norm1", nn::LayerNorm(nn::LayerNormOptions({dim}).eps(1e-5)));
+  attn1 = register_module("attn1", Attention(dim, only_cross_attention ? cross_dim : dim, heads, head_dim, false));
+  norm2 = register_module("norm2", nn::LayerNorm(nn::LayerNormOptions({dim}).eps(1e-5)));
+  attn2 = register_module("attn2", Attention(dim, cross_dim, heads, head_dim, false));
+  norm3 = register_module("norm3", nn::LayerNorm(nn::LayerNormOptions({dim}).eps(1e-5)));
+  ff = register_module("ff", FeedForward(dim, 4));
+}
+
+at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Tensor& context, Recorder* rec,
+                                              const std::string& path) {
+  at::Tensor h = x + attn1(norm1(x), only_cross_attention ? context : at::Tensor());
+  at::Tensor a2 = attn2(norm2(h), context);
+  if (rec) (*rec)[path + ".attn2"] = a2;
+  h = h + a2;
+  return h + ff(norm3(h));
+}
+
+Transformer2DImpl::Transformer2DImpl(int64_t channels, int64_t heads, int64_t layers, int64_t cross_dim,
+                                     int64_t groups, bool use_linear_projection, bool only_cross_attention)
+    : linear(use_linear_projection) {
+  if (heads <= 0 || channels % heads != 0)
+    throw ConfigError(std::to_string(channels) + " channels cannot be split into " + std::to_string(heads) +
+                      " attention heads");
+  norm = register_module("norm", group_norm(groups, channels, 1e-6));
+  if (linear) proj_in_linear = register_module("proj_in", iris::linear(channels, channels));
+  else proj_in_conv = register_module("proj_in", conv(channels, channels, 1));
+  auto list = register_module("transformer_blocks", nn::ModuleList());
+  for (int64_t i = 0; i < layers; ++i) {
+    blocks.push_back(BasicTransformerBlock(channels, heads, channels / heads, cross_dim, only_cross_attention));
+    list->push_back(blocks.back());
+  }
+  if (linear) proj_out_linear = register_module("proj_out", iris::linear(channels, channels));
+  else proj_out_conv = register_module("proj_out", conv(channels, channels, 1));
+}
+
+at::Tensor Transformer2DImpl::forward(const at::Tensor& x, const at::Tensor& context, Recorder* rec,
+                                      const std::string& path) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor h = norm(x);
+  // tokens: [B, H*W, C]
+  if (linear) h = proj_in_linear(h.permute({0, 2, 3, 1}).reshape({B, H * W, C}));
+  else h = proj_in_conv(h).permute({0, 2, 3, 1}).reshape({B, H * W, C});
+  for (size_t i = 0; i < blocks.size(); ++i)
+    h = blocks[i]->forward(h, context, rec, path + ".transformer_blocks." + std::to_string(i));
+  if (linear) h = proj_out_linear(h).reshape({B, H, W, C}).permute({0, 3, 1, 2});
+  else h = proj_out_conv(h.reshape({B, H, W, C}).permute({0, 3, 1, 2}).contiguous());
+  return h + x;
+}
+
+SpatialSelfAttentionImpl::SpatialSelfAttentionImpl(int64_t channels, int64_t groups, double eps, int64_t head_dim)
+    : heads(channels / head_dim) {
+  group_norm = register_module("group_norm", iris::group_norm(groups, channels, eps));
+  to_q = register_module("to_q", linear(channels, channels));
+  to_k = register_module("to_k", linear(channels, channels));
+  to_v = register_module("to_v", linear(channels, channels));
+  out_proj = linear(channels, channels);
+  to_out = register_module("to_out", nn::ModuleList(out_proj));
+}
+
+at::Tensor SpatialSelfAttentionImpl::forward(const at::Tensor& x) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  at::Tensor h = group_norm(x).view({B, C, H * W}).transpose(1, 2);  // [B, HW, C]
+  at::Tensor q = split_heads(to_q(h), heads), k = split_heads(to_k(h), heads), v = split_heads(to_v(h), heads);
+  h = out_proj(merge_heads(attention(q, k, v)));
+  return h.transpose(1, 2).reshape({B, C, H, W}) + x;
+}
+
+}  // namespace iris
