@@ -53,9 +53,9 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (!opt.force_explicit) {
     c10::optional<at::Tensor> mask = opt.mask;
     bool causal = opt.causal;
-    // The fused kernel's is_causal is top-left aligned; with a cache (Lk > Lq) pass the
-    // end-aligned mask explicitly.
-    if (causal && q.size(-2) != k.size(-2)) {
+    // The fused kernel's is_causal is top-left aligned and may not combine with a mask: with
+    // a cache (Lk > Lq) or an extra mask, pass one end-aligned mask explicitly.
+    if (causal && (q.size(-2) != k.size(-2) || mask)) {
       at::Tensor cm = causal_mask(q.size(-2), k.size(-2), q.options());
       mask = mask ? (as_additive(*mask, q.scalar_type()) + as_additive(cm, q.scalar_type())) : c10::optional<at::Tensor>(cm);
       causal = false;
