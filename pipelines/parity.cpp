@@ -94,6 +94,7 @@ const ParityRegistry& parity_registry() {
     register_scheduler_parity(r);
     register_clip_parity(r);
     register_unet_vae_parity(r);
+    register_vlm_parity(r);
     return r;
   }();
   return registry;

@@ -74,5 +74,6 @@ void register_core_parity(ParityRegistry& r);        // tokenizers, CLIP image p
 void register_scheduler_parity(ParityRegistry& r);   // diffusers schedulers
 void register_clip_parity(ParityRegistry& r);        // CLIP text / vision models
 void register_unet_vae_parity(ParityRegistry& r);    // UNet2DConditionModel, AutoencoderKL
+void register_vlm_parity(ParityRegistry& r);         // LLaMA, LLaVA
 
 }  // namespace iris

@@ -1,0 +1,7 @@
+#include "pipelines/parity.h"
+
+namespace iris {
+
+void register_vlm_parity(ParityRegistry& /*r*/) {}
+
+}  // namespace iris
