@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/tensor_io.h"
+#include "pipelines/sd_model.h"
 
 namespace iris {
 
@@ -29,7 +30,12 @@ Fixture open_fixture(const std::string& path) {
     fx.store = std::make_shared<TensorStore>(TensorStore::open(path));
     const auto& md = fx.store->metadata();
     if (auto it = md.find("class"); it != md.end()) fx.cls = it->second;
-    if (auto it = md.find("config"); it != md.end()) fx.config = parse_json(it->second, path + ": metadata \"config\"");
+    else if (auto pit = md.find("pipeline"); pit != md.end()) fx.cls = pit->second;  // pipeline fixtures
+    if (auto it = md.find("config"); it != md.end()) {
+      // Model fixtures store JSON; the pipeline fixture stores a Python dict repr.
+      fx.config = it->second.rfind("{'", 0) == 0 ? python_literal_to_json(it->second, path + ": metadata \"config\"")
+                                                 : parse_json(it->second, path + ": metadata \"config\"");
+    }
     if (fs::is_regular_file(sidecar)) fx.sidecar = read_json_file(sidecar.string());
     return fx;
   }
@@ -95,6 +101,7 @@ const ParityRegistry& parity_registry() {
     register_clip_parity(r);
     register_unet_vae_parity(r);
     register_vlm_parity(r);
+    register_pipeline_parity(r);
     return r;
   }();
   return registry;

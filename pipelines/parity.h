@@ -75,5 +75,6 @@ void register_scheduler_parity(ParityRegistry& r);   // diffusers schedulers
 void register_clip_parity(ParityRegistry& r);        // CLIP text / vision models
 void register_unet_vae_parity(ParityRegistry& r);    // UNet2DConditionModel, AutoencoderKL
 void register_vlm_parity(ParityRegistry& r);         // LLaMA, LLaVA
+void register_pipeline_parity(ParityRegistry& r);    // StableDiffusionPipeline
 
 }  // namespace iris

@@ -1,0 +1,93 @@
+#pragma once
+// Text-to-image and image-to-image with classifier-free guidance. Front ends fill
+// GenerationParams and call generate(); the parity runner and tests use the lower-level
+// steps (encode_ids, denoise, decode_latents) directly.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/image.h"
+#include "core/progress.h"
+#include "diffusion/schedulers/sampler.h"
+#include "pipelines/sd_model.h"
+
+namespace iris {
+
+struct GenerationParams {
+  std::string prompt, negative_prompt;
+  std::string sampler = "euler_a";  // ddim | euler | euler_a | dpmpp_2m | lcm
+  bool karras = false;
+  double eta = 0.0;                 // DDIM only
+  int steps = 25;
+  double cfg_scale = 7.5;           // <= 1 disables classifier-free guidance
+  uint64_t seed = 0;                // image i of a batch uses seed + i
+  int width = 512, height = 512;
+  int batch = 1;
+  std::optional<Image> init_image;  // image-to-image when set
+  std::string init_image_name;      // for the metadata
+  double strength = 0.75;
+  std::string model_name;           // for the metadata
+
+  // Throws ConfigError naming the bad value (size not a multiple of `scale`, steps 0, ...).
+  void validate(int64_t scale) const;
+};
+
+struct GeneratedImage {
+  Image image;
+  uint64_t seed = 0;
+};
+
+struct GenerationCallbacks {
+  Progress progress;            // denoise steps (and cancel)
+  PreviewFn preview;            // x0 estimate after each step (latents)
+  std::function<void(const std::string&)> warn;  // e.g. prompt truncated
+};
+
+std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& params,
+                                     const GenerationCallbacks& callbacks = {});
+
+// ---- steps ----
+
+// Token ids for a prompt: [bos] + ids + [eos], truncated to 77 with a warning, padded.
+std::vector<int> prompt_ids(const SdModel& model, const std::string& prompt,
+                            const std::function<void(const std::string&)>& warn);
+// ids: [B, 77] int64 -> last_hidden_state [B, 77, D]
+at::Tensor encode_ids(ClipTextModel& text_encoder, const at::Tensor& ids);
+
+// The UNet wrapped as a sampler denoiser with classifier-free guidance.
+// cond / uncond: [B, 77, D] (uncond undefined when cfg_scale <= 1).
+Denoiser guided_denoiser(UNet2DCondition& unet, const at::Tensor& cond, const at::Tensor& uncond, double cfg_scale);
+
+// Diffusion-space latents -> image tensor in [-1, 1] (the VAE's raw output).
+at::Tensor decode_latents(AutoencoderKL& vae, const at::Tensor& latents);
+// [B, 3, H, W] in [-1, 1] -> 8-bit RGB images (x/2 + 0.5, clamped, rounded).
+std::vector<Image> to_images(const at::Tensor& decoded);
+// 8-bit RGB image -> [1, 3, H, W] in [-1, 1].
+at::Tensor image_to_tensor(const Image& image);
+
+// Noise for a batch where image i has its own generator (seed + i): image i comes out the
+// same whether it is rendered alone or in a batch.
+class BatchNoise {
+ public:
+  BatchNoise(uint64_t seed, int batch);
+  // randn like `like` ([B, ...]), row i from generator i, on `like`'s device.
+  at::Tensor operator()(const at::Tensor& like);
+  NoiseSource source();
+
+ private:
+  std::vector<at::Generator> gens_;
+};
+
+// ---- metadata ----
+
+// PNG text for a result: "parameters" in the form other SD tools show
+// ("<prompt>\nNegative prompt: ...\nSteps: 25, Sampler: Euler a, CFG scale: 7.5, Seed: 1,
+// Size: 512x512, ...") and "iris" with every parameter as JSON.
+PngText generation_metadata(const GenerationParams& params, uint64_t seed);
+// Parameters back from PNG text written by generation_metadata (the "iris" entry).
+GenerationParams params_from_metadata(const PngText& text, const std::string& what);
+std::string sampler_display_name(const std::string& sampler, bool karras);
+
+}  // namespace iris
