@@ -7,5 +7,7 @@ namespace iris::cli {
 
 void add_info_command(CLI::App& app);
 void add_parity_command(CLI::App& app);
+void add_render_command(CLI::App& app);
+void add_random_model_command(CLI::App& app);
 
 }  // namespace iris::cli

@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   app.add_flag("--version", show_version, "Print the version and exit");
   iris::cli::add_info_command(app);
   iris::cli::add_parity_command(app);
+  iris::cli::add_render_command(app);
+  iris::cli::add_random_model_command(app);
   try {
     // Subcommand callbacks run inside parse(); their exceptions arrive here.
     app.parse(argc, argv);

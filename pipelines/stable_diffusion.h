@@ -67,8 +67,9 @@ std::vector<Image> to_images(const at::Tensor& decoded);
 // 8-bit RGB image -> [1, 3, H, W] in [-1, 1].
 at::Tensor image_to_tensor(const Image& image);
 
-// Noise for a batch where image i has its own generator (seed + i): image i comes out the
-// same whether it is rendered alone or in a batch.
+// Noise for a batch where image i has its own generator (seed + i): image i gets the same
+// noise whether it is rendered alone or in a batch, so seed + i reproduces it alone (up to
+// float rounding: batched and single matmuls may round differently).
 class BatchNoise {
  public:
   BatchNoise(uint64_t seed, int batch);

@@ -109,3 +109,26 @@ TEST(Cli, UnknownOptionFails) {
   CliRun r = run_iris("info --no-such-flag x");
   EXPECT_NE(r.code, 0);
 }
+
+TEST(Cli, RenderWritesPngWithParametersAndIsDeterministic) {
+  const std::string dir = (iris::testing_util::scratch_dir() / "tinysd").string();
+  CliRun made = run_iris("random-model " + dir + " --tokenizer " + kFixtures + "/data/clip_tokenizer");
+  ASSERT_EQ(made.code, 0) << made.err;
+  const std::string a = (iris::testing_util::scratch_dir() / "a.png").string();
+  const std::string b = (iris::testing_util::scratch_dir() / "b.png").string();
+  const std::string args = "render --model " + dir + " -p \"a blue square\" --steps 2 --size 32x32 --seed 5 ";
+  CliRun r1 = run_iris(args + "-o " + a);
+  ASSERT_EQ(r1.code, 0) << r1.err;
+  EXPECT_NE(r1.out.find("seed 5"), std::string::npos);
+  EXPECT_NE(r1.err.find("denoise 2/2"), std::string::npos) << r1.err;
+  ASSERT_EQ(run_iris(args + "-o " + b).code, 0);
+  EXPECT_EQ(slurp(a), slurp(b));  // same seed and settings: the same PNG, byte for byte
+  EXPECT_NE(slurp(a).find("Steps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 32x32"), std::string::npos);
+
+  expect_clean_error(run_iris("render --model " + dir + " -p x --size 31x32 -o " + a), "multiple of");
+  expect_clean_error(run_iris("render --model " + dir + " -p x --steps 0 -o " + a), "steps 0");
+  expect_clean_error(run_iris("render --model " + dir + " -p x --size big -o " + a), "--size");
+  expect_clean_error(run_iris("render --model /nonexistent -p x -o " + a), "/nonexistent");
+  expect_clean_error(run_iris("render --model " + dir + " -p x --size 32x32 --steps 1 --init /nonexistent.png -o " + a), "/nonexistent.png");
+  expect_clean_error(run_iris("render --model " + dir + " -p x --size 32x32 --steps 1 -o /nonexistent-dir/x.png"), "does not exist");
+}
