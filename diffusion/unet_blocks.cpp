@@ -104,7 +104,30 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
   at::Tensor q = split_heads(to_q(x), heads);
   at::Tensor k = split_heads(to_k(ctx), heads);
   at::Tensor v = split_heads(to_v(ctx), heads);
-  return out_proj(merge_heads(attention(q, k, v)));
+  at::Tensor out = attention(q, k, v);  // [B, H, Lq, D]
+  for (const auto& s : streams) {
+    if (!s || s->scale == 0.0 || !s->tokens.defined()) continue;
+    at::Tensor sk = split_heads(s->to_k(s->tokens), heads), sv = split_heads(s->to_v(s->tokens), heads);
+    at::Tensor term = attention(q, sk, sv) * s->scale;
+    if (s->mask.defined())  // [B, L, 1] -> [B, 1, L, 1]
+      term = term * mask_for_tokens(s->mask, x.size(1)).unsqueeze(1).to(term.dtype());
+    out = out + term;
+  }
+  return out_proj(merge_heads(out));
+}
+
+at::Tensor mask_for_tokens(const at::Tensor& mask, int64_t tokens) {
+  const double aspect = static_cast<double>(mask.size(2)) / static_cast<double>(mask.size(3));
+  int64_t best_h = 1;
+  double best_err = 1e30;
+  for (int64_t h = 1; h <= tokens; ++h) {
+    if (tokens % h) continue;
+    const double err = std::abs(std::log((static_cast<double>(h) * h / tokens) / aspect));
+    if (err < best_err) best_err = err, best_h = h;
+  }
+  const int64_t w = tokens / best_h;
+  at::Tensor m = at::upsample_nearest2d(mask.to(at::kFloat), std::vector<int64_t>{best_h, w});  // [B, 1, h, w]
+  return m.reshape({m.size(0), tokens, 1});
 }
 
 FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {

@@ -60,9 +60,18 @@ struct Upsample2DImpl : torch::nn::Module {
 };
 TORCH_MODULE(Upsample2D);
 
-// Extra token streams read by a cross-attention layer with their own K/V projections
-// (decoupled cross-attention; the adapters provide them). Filled in by the adapters issue.
-struct AttentionStreams;
+// One decoupled conditioning stream read by a cross-attention layer (DESIGN.md): adapter
+// tokens with the adapter's own K/V projections for this layer. The layer adds
+//   scale * mask * attn(q, to_k(tokens), to_v(tokens))
+// to its text attention before to_out. Adapters own the projections (their names, their
+// checkpoints); the layer only holds the stream while the adapter is attached.
+struct AttentionStream {
+  std::string owner;                        // which adapter attached it ("ip_adapter.0", "style", ...)
+  torch::nn::Linear to_k{nullptr}, to_v{nullptr};
+  at::Tensor tokens;                        // [B, N, D_s] (with CFG: [uncond; cond] along B)
+  double scale = 1.0;                       // this layer's scale; 0 skips the stream entirely
+  at::Tensor mask;                          // optional [B, 1, Hm, Wm] in [0, 1], resized per layer
+};
 
 // diffusers Attention: to_q/to_k/to_v (bias optional), to_out.0; multi-head SDPA.
 struct AttentionImpl : torch::nn::Module {
@@ -73,8 +82,14 @@ struct AttentionImpl : torch::nn::Module {
   torch::nn::ModuleList to_out;
   torch::nn::Linear out_proj{nullptr};  // = to_out[0]
   int64_t heads, head_dim;
+  // Decoupled cross-attention streams; empty (or all scale 0) = the plain layer, bit for bit.
+  std::vector<std::shared_ptr<AttentionStream>> streams;
 };
 TORCH_MODULE(Attention);
+
+// A [B, 1, Hm, Wm] mask brought to a layer's L = h*w token grid (h/w close to Hm/Wm),
+// nearest-exact, as [B, L, 1] for broadcasting over the attention output.
+at::Tensor mask_for_tokens(const at::Tensor& mask, int64_t tokens);
 
 // GEGLU feed-forward: net.0.proj (dim -> 2*inner), gelu gate, net.2 (inner -> dim).
 struct FeedForwardImpl : torch::nn::Module {

@@ -102,6 +102,7 @@ const ParityRegistry& parity_registry() {
     register_unet_vae_parity(r);
     register_vlm_parity(r);
     register_pipeline_parity(r);
+    register_adapter_parity(r);
     return r;
   }();
   return registry;

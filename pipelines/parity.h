@@ -76,5 +76,6 @@ void register_clip_parity(ParityRegistry& r);        // CLIP text / vision model
 void register_unet_vae_parity(ParityRegistry& r);    // UNet2DConditionModel, AutoencoderKL
 void register_vlm_parity(ParityRegistry& r);         // LLaMA, LLaVA
 void register_pipeline_parity(ParityRegistry& r);    // StableDiffusionPipeline
+void register_adapter_parity(ParityRegistry& r);     // IP-Adapter (base in the UNet, Plus resampler)
 
 }  // namespace iris

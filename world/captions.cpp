@@ -1,0 +1,510 @@
+#include "world/captions.h"
+
+#include <algorithm>
+#include <cctype>
+#include <functional>
+#include <map>
+#include <mutex>
+
+#include "core/error.h"
+
+namespace iris::world {
+
+namespace {
+
+// ---- Templates ---------------------------------------------------------------------------------
+// Placeholders: {list} object list, {count} number word, {bg} background name, {ref} an object
+// reference, {shapes} plural shape, {color}, {shape}, {rel} relation words, {a}/{b} two refs.
+const std::vector<TemplateInfo>& templates() {
+  static const std::vector<TemplateInfo> t = {
+      // Captions.
+      {"cap.list", "caption", "{list}", false},
+      {"cap.count", "caption", "{count} objects: {list}", false},
+      {"cap.picture", "caption", "a picture of {list}", false},
+      {"cap.there_is", "caption", "there is {list}", false},
+      {"cap.on_bg", "caption", "{list} on a {bg} background", false},
+      {"cap.image_with", "caption", "an image with {list}", true},
+      {"cap.bg_with", "caption", "a {bg} background with {list}", true},
+      // Questions.
+      {"q.color.what", "color", "What color is the {ref}?", false},
+      {"q.color.which", "color", "Which color does the {ref} have?", false},
+      {"q.color.tell", "color", "Tell me the color of the {ref}.", true},
+      {"q.shape.what", "shape", "What shape is the {ref}?", false},
+      {"q.shape.kind", "shape", "What kind of shape is the {ref}?", false},
+      {"q.shape.which", "shape", "Which shape does the {ref} have?", true},
+      {"q.size.what", "size", "What size is the {ref}?", false},
+      {"q.size.how", "size", "How big is the {ref}?", true},
+      {"q.count.objects", "count", "How many objects are there?", false},
+      {"q.count.shapes", "count", "How many {shapes} are there?", false},
+      {"q.count.colors", "count", "How many {color} objects are in the image?", false},
+      {"q.count.ho", "count", "Count the {shapes} in the image.", true},
+      {"q.position.where", "position", "Where is the {ref}?", false},
+      {"q.position.part", "position", "In which part of the image is the {ref}?", false},
+      {"q.position.located", "position", "Where in the picture is the {ref} located?", true},
+      {"q.relation.what", "relation", "What is {rel} the {ref}?", false},
+      {"q.relation.yesno", "relation", "Is the {a} {rel} the {b}?", false},
+      {"q.relation.which", "relation", "Which objects are {rel} the {ref}?", true},
+      {"q.exists.in_image", "exists", "Is there a {color} {shape} in the image?", false},
+      {"q.exists.short", "exists", "Is there a {color} {shape}?", false},
+      {"q.exists.contain", "exists", "Does the image contain a {color} {shape}?", true},
+      {"q.style.what", "style", "What style is the image drawn in?", false},
+      {"q.style.which", "style", "Which drawing style does this image use?", true},
+      {"q.background.what", "background", "What is the background?", false},
+      {"q.background.kind", "background", "What kind of background does the image have?", true},
+      {"q.figure.present", "figure", "Is there a stick figure in the image?", false},
+      {"q.figure.arm", "figure", "Which arm is the stick figure raising?", false},
+      {"q.figure.color", "figure", "What color is the stick figure?", false},
+      {"q.figure.legs", "figure", "Are the stick figure's legs apart?", false},
+      {"q.figure.side", "figure", "On which side is the stick figure?", false},
+      {"q.figure.arm_ho", "figure", "Which of its arms does the stick figure hold up?", true},
+      {"q.describe.plain", "describe", "Describe the image.", false},
+      {"q.describe.detail", "describe", "Describe the image in detail.", false},
+      {"q.describe.show", "describe", "What does this image show?", true},
+      // Long descriptions (the answer side of "describe").
+      {"desc.shows", "description", "The image shows ...", false},
+      {"desc.drawn", "description", "{Count} objects are drawn ...", false},
+      {"desc.this_is", "description", "This is a {style} picture ...", true},
+  };
+  return t;
+}
+
+// Picks a template of `kind` among those with ids in `allowed` (all when empty), honouring
+// the split: training scenes never see held-out templates.
+const TemplateInfo& pick_template(const std::string& kind, Rng& rng, Split split, double held_out_probability,
+                                  const std::vector<std::string>& allowed = {}) {
+  std::vector<const TemplateInfo*> train, held;
+  for (const auto& t : templates()) {
+    if (t.kind != kind) continue;
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), t.id) == allowed.end()) continue;
+    (t.held_out ? held : train).push_back(&t);
+  }
+  // Draw the coin even when unused so a scene's stream does not depend on the split.
+  const bool use_held = rng.chance(held_out_probability);
+  if (split == Split::HeldOut && use_held && !held.empty()) return *rng.pick(held);
+  if (train.empty()) throw ConfigError("no training template of kind " + kind);
+  return *rng.pick(train);
+}
+
+std::string replace_all(std::string s, const std::string& key, const std::string& value) {
+  for (size_t p = s.find(key); p != std::string::npos; p = s.find(key, p + value.size()))
+    s.replace(p, key.size(), value);
+  return s;
+}
+
+std::string capitalize(std::string s) {
+  if (!s.empty()) s[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(s[0])));
+  return s;
+}
+
+std::string join_list(const std::vector<std::string>& items) {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += i + 1 == items.size() ? " and " : ", ";
+    out += items[i];
+  }
+  return out;
+}
+
+std::string position_variant(int cell, Rng& rng) {
+  const int r = cell_row(cell), c = cell_col(cell);
+  const bool corner = r != 1 && c != 1;
+  if (corner)
+    return rng.chance(0.5) ? "at the " + std::string(cell_name(cell))
+                           : "in the " + std::string(cell_name(cell)) + " corner";
+  if (cell == 4) return rng.chance(0.5) ? "in the center" : "in the middle";
+  return position_phrase(cell);
+}
+
+std::string arms_phrase(ArmPose a, Rng& rng) {
+  const bool v = rng.chance(0.5);
+  switch (a) {
+    case ArmPose::Down: return v ? "with its arms down" : "with its arms at its sides";
+    case ArmPose::LeftUp: return v ? "raising its left arm" : "with its left arm raised";
+    case ArmPose::RightUp: return v ? "raising its right arm" : "with its right arm raised";
+    case ArmPose::BothUp: return v ? "raising both arms" : "with both arms raised";
+    case ArmPose::Out: return v ? "with its arms out" : "with its arms stretched out";
+  }
+  return "";
+}
+
+// "a green stick figure on the left raising its left arm with its legs apart".
+std::string figure_phrase(const Figure& f, Rng& rng, Caption* cap, bool side_allowed = true) {
+  std::string s = std::string(article_for(name(f.color))) + " " + name(f.color) + " stick figure";
+  const bool side = side_allowed && rng.chance(0.7);
+  if (side) s += f.side == Side::Left ? " on the left" : " on the right";
+  const std::string arms = arms_phrase(f.arms, rng);
+  s += " " + arms;
+  const bool legs = f.legs == LegPose::Apart ? rng.chance(0.8) : rng.chance(0.3);
+  if (legs) {
+    const bool with_first = arms.rfind("with ", 0) == 0;
+    s += with_first ? " and " : " with ";
+    s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
+  }
+  if (cap) {
+    cap->figure = cap->figure_color = cap->arms = true;
+    cap->legs = legs;
+  }
+  return s;
+}
+
+const char* rel_words(int rel) {
+  static const char* const w[] = {"to the left of", "to the right of", "above", "below"};
+  return w[rel];
+}
+// Does object j stand in relation `rel` to object i (left of / right of / above / below)?
+bool related(const Object& j, const Object& i, int rel) {
+  switch (rel) {
+    case 0: return cell_col(j.cell) < cell_col(i.cell);
+    case 1: return cell_col(j.cell) > cell_col(i.cell);
+    case 2: return cell_row(j.cell) < cell_row(i.cell);
+    default: return cell_row(j.cell) > cell_row(i.cell);
+  }
+}
+
+enum Attr { kColor = 1, kShape = 2, kSize = 4, kPos = 8 };
+
+bool matches(const Object& a, const Object& b, int attrs) {
+  return (!(attrs & kColor) || a.color == b.color) && (!(attrs & kShape) || a.shape == b.shape) &&
+         (!(attrs & kSize) || a.size == b.size) && (!(attrs & kPos) || a.cell == b.cell);
+}
+
+std::string describe_attrs(const Object& o, int attrs) {
+  std::string s;
+  if (attrs & kSize) s += std::string(name(o.size)) + " ";
+  if (attrs & kColor) s += std::string(name(o.color)) + " ";
+  s += (attrs & kShape) ? name(o.shape) : "object";
+  if (attrs & kPos) s += " " + position_phrase(o.cell);
+  return s;
+}
+
+// Shortest description of object i that no other object shares, without the attributes in
+// `exclude` (so a question does not give its answer away). Empty when there is none.
+std::string reference(const Scene& s, size_t i, int exclude) {
+  static const int orders[] = {
+      kShape, kColor | kShape, kSize | kShape, kColor, kSize | kColor | kShape, kShape | kPos, kColor | kShape | kPos,
+      kPos};
+  for (int attrs : orders) {
+    if (attrs & exclude) continue;
+    bool unique = true;
+    for (size_t j = 0; j < s.objects.size() && unique; ++j)
+      if (j != i && matches(s.objects[j], s.objects[i], attrs)) unique = false;
+    if (unique) return describe_attrs(s.objects[i], attrs);
+  }
+  return "";
+}
+
+// "the red circle", or "two red circles" for repeated kinds.
+std::string name_objects(const Scene& s, const std::vector<size_t>& idx) {
+  if (idx.empty()) return "nothing";
+  std::vector<std::pair<std::pair<Color, Shape>, int>> groups;
+  for (size_t i : idx) {
+    const auto key = std::make_pair(s.objects[i].color, s.objects[i].shape);
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == key; });
+    if (it == groups.end())
+      groups.push_back({key, 1});
+    else
+      ++it->second;
+  }
+  std::vector<std::string> items;
+  for (const auto& [key, n] : groups)
+    items.push_back(n == 1 ? "the " + std::string(name(key.first)) + " " + name(key.second)
+                           : std::string(count_word(n)) + " " + name(key.first) + " " + plural(key.second));
+  return join_list(items);
+}
+
+const char* arm_answer(ArmPose a) {
+  switch (a) {
+    case ArmPose::LeftUp: return "left";
+    case ArmPose::RightUp: return "right";
+    case ArmPose::BothUp: return "both";
+    default: return "neither";
+  }
+}
+
+}  // namespace
+
+const std::vector<TemplateInfo>& all_templates() { return templates(); }
+
+const char* article_for(const std::string& w) {
+  return !w.empty() && std::string("aeiou").find(w[0]) != std::string::npos ? "an" : "a";
+}
+
+std::string position_phrase(int cell) {
+  switch (cell) {
+    case 3: return "on the left";
+    case 5: return "on the right";
+    case 4: return "in the center";
+    default: return "at the " + std::string(cell_name(cell));
+  }
+}
+
+std::string object_phrase(const Object& o, bool size, bool article) {
+  std::string core = size ? std::string(name(o.size)) + " " : "";
+  core += std::string(name(o.color)) + " " + name(o.shape);
+  return article ? std::string(article_for(core)) + " " + core : core;
+}
+
+Caption make_caption(const Scene& scene, Rng& rng, const CaptionOptions& opt) {
+  Caption cap;
+  const size_t n = scene.objects.size();
+  std::vector<std::string> allowed = {"cap.list",  "cap.picture",    "cap.there_is",
+                                      "cap.on_bg", "cap.image_with", "cap.bg_with"};
+  if (n >= 2 && !scene.figure) allowed.push_back("cap.count");
+  const TemplateInfo& t = pick_template("caption", rng, opt.split, opt.held_out_template_probability, allowed);
+  cap.template_id = t.id;
+  cap.held_out_template = t.held_out;
+
+  std::vector<std::string> items;
+  for (size_t i = 0; i < n; ++i) {
+    const Object& o = scene.objects[i];
+    ObjectMention m;
+    m.object = static_cast<int>(i);
+    m.color = m.shape = true;
+    m.size = rng.chance(opt.size_probability);
+    m.position = rng.chance(opt.position_probability);
+    std::string p = object_phrase(o, m.size, true);
+    if (m.position) p += " " + position_variant(o.cell, rng);
+    items.push_back(p);
+    cap.mentions.push_back(m);
+  }
+  if (scene.figure) {
+    const std::string f = figure_phrase(*scene.figure, rng, &cap);
+    if (rng.chance(0.5))
+      items.insert(items.begin(), f);
+    else
+      items.push_back(f);
+  }
+  std::string text = replace_all(t.text, "{list}", join_list(items));
+  if (text.find("{count}") != std::string::npos) {
+    text = replace_all(text, "{count}", count_word(static_cast<int>(n)));
+    cap.count = true;
+  }
+  if (text.find("{bg}") != std::string::npos) {
+    text = replace_all(text, "{bg}", name(scene.background));
+    cap.background = true;
+  }
+  if (rng.chance(opt.style_probability)) {
+    text += ", in the " + std::string(name(scene.style)) + " style";
+    cap.style = true;
+  }
+  cap.text = text;
+  return cap;
+}
+
+// ---- Long descriptions -------------------------------------------------------------------------
+
+std::string describe_scene(const Scene& s, Rng& rng, bool allow_held_out) {
+  const TemplateInfo& t =
+      pick_template("description", rng, allow_held_out ? Split::HeldOut : Split::Train, allow_held_out ? 0.5 : 0.0);
+  const int n = static_cast<int>(s.objects.size());
+  std::vector<std::string> items;
+  for (const auto& o : s.objects) items.push_back(object_phrase(o, true, true) + " " + position_variant(o.cell, rng));
+  const std::string objects_word = n == 1 ? "object" : "objects";
+  const std::string bg = std::string(article_for(name(s.background))) + " " + name(s.background) + " background";
+  // The figure as a phrase ("a green stick figure ...") and as a sentence.
+  const std::string figure = s.figure ? figure_phrase(*s.figure, rng, nullptr) : "";
+  const std::string figure_sentence = s.figure ? capitalize(figure) + "." : "";
+
+  std::string out;
+  if (t.id == "desc.shows") {
+    out = "The image shows " + std::string(count_word(n)) + " " + objects_word + " on " + bg + ". ";
+    out += (n == 1 ? "It is " : "There is ") + join_list(items) + ".";
+    if (s.figure) out += " There is also " + figure + ".";
+    out += " Everything is drawn in the " + std::string(name(s.style)) + " style.";
+  } else if (t.id == "desc.drawn") {
+    out = capitalize(count_word(n)) + " " + objects_word + (n == 1 ? " is" : " are") + " drawn in the " +
+          name(s.style) + " style on " + bg + ": " + join_list(items) + ".";
+    if (s.figure) out += " " + figure_sentence;
+  } else {  // desc.this_is
+    out = "This is " + std::string(article_for(name(s.style))) + " " + name(s.style) + " picture with " + bg + ". ";
+    out += "In it you can see " + join_list(items) + ".";
+    if (s.figure) out += " " + figure_sentence;
+  }
+  return out;
+}
+
+// ---- Questions ---------------------------------------------------------------------------------
+
+std::vector<std::pair<Color, Shape>> object_popularity(const SamplerOptions& sampler, int n, uint64_t base_seed) {
+  std::map<std::pair<int, int>, int> freq;
+  for (const Color c : all_colors())
+    for (const Shape sh : all_shapes()) freq[{int(c), int(sh)}] = 0;
+  for (int i = 0, kept = 0; kept < n && i < n * 4; ++i) {
+    const Scene s = sample_scene(sample_seed(base_seed ^ 0x9090ull, i), sampler);
+    if (scene_split(s) != Split::Train) continue;
+    ++kept;
+    for (const auto& o : s.objects) ++freq[{int(o.color), int(o.shape)}];
+  }
+  std::vector<std::pair<std::pair<int, int>, int>> v(freq.begin(), freq.end());
+  std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<std::pair<Color, Shape>> out;
+  for (const auto& [k, f] : v) out.emplace_back(static_cast<Color>(k.first), static_cast<Shape>(k.second));
+  return out;
+}
+
+std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOptions& opt) {
+  std::vector<Question> qs;
+  auto add = [&](const std::string& kind, std::vector<std::string> allowed,
+                 const std::function<std::string(const std::string&)>& fill, const std::string& answer) {
+    const TemplateInfo& t = pick_template(kind, rng, opt.split, opt.held_out_template_probability, allowed);
+    Question q;
+    q.kind = kind;
+    q.template_id = t.id;
+    q.held_out_template = t.held_out;
+    q.question = fill(t.text);
+    q.answer = answer;
+    if (!q.question.empty()) qs.push_back(std::move(q));
+  };
+  const size_t n = s.objects.size();
+
+  // Attribute questions about each object.
+  for (size_t i = 0; i < n; ++i) {
+    const Object& o = s.objects[i];
+    const std::string rc = reference(s, i, kColor), rs = reference(s, i, kShape), rz = reference(s, i, kSize),
+                      rp = reference(s, i, kPos);
+    if (!rc.empty())
+      add(
+          "color", {}, [&](std::string t) { return replace_all(t, "{ref}", rc); }, name(o.color));
+    if (!rs.empty())
+      add(
+          "shape", {}, [&](std::string t) { return replace_all(t, "{ref}", rs); }, name(o.shape));
+    if (!rz.empty())
+      add(
+          "size", {}, [&](std::string t) { return replace_all(t, "{ref}", rz); }, name(o.size));
+    if (!rp.empty())
+      add(
+          "position", {}, [&](std::string t) { return replace_all(t, "{ref}", rp); }, cell_name(o.cell));
+  }
+
+  // Counts.
+  add(
+      "count", {"q.count.objects"}, [](std::string t) { return t; }, count_word(static_cast<int>(n)));
+  {
+    const Shape sh = rng.pick(all_shapes());
+    int k = 0;
+    for (const auto& o : s.objects) k += o.shape == sh;
+    add(
+        "count", {"q.count.shapes", "q.count.ho"},
+        [&](std::string t) { return replace_all(t, "{shapes}", plural(sh)); }, count_word(k));
+    const Color c = rng.pick(all_colors());
+    k = 0;
+    for (const auto& o : s.objects) k += o.color == c;
+    add(
+        "count", {"q.count.colors"}, [&](std::string t) { return replace_all(t, "{color}", name(c)); }, count_word(k));
+  }
+
+  // Relations: "What is left of the X?" and "Is the A above the B?".
+  if (n >= 2) {
+    const size_t i = static_cast<size_t>(rng.below(n));
+    const int rel = static_cast<int>(rng.below(4));
+    const std::string ref = reference(s, i, 0);
+    std::vector<size_t> hits;
+    for (size_t j = 0; j < n; ++j)
+      if (j != i && related(s.objects[j], s.objects[i], rel)) hits.push_back(j);
+    if (!ref.empty())
+      add(
+          "relation", {"q.relation.what", "q.relation.which"},
+          [&](std::string t) { return replace_all(replace_all(t, "{rel}", rel_words(rel)), "{ref}", ref); },
+          name_objects(s, hits));
+    size_t j = static_cast<size_t>(rng.below(n - 1));
+    if (j >= i) ++j;
+    const std::string ra = reference(s, j, 0), rb = ref;
+    const int rel2 = static_cast<int>(rng.below(4));
+    if (!ra.empty() && !rb.empty())
+      add(
+          "relation", {"q.relation.yesno"},
+          [&](std::string t) {
+            return replace_all(replace_all(replace_all(t, "{a}", ra), "{b}", rb), "{rel}", rel_words(rel2));
+          },
+          related(s.objects[j], s.objects[i], rel2) ? "yes" : "no");
+  }
+
+  add(
+      "style", {}, [](std::string t) { return t; }, name(s.style));
+  add(
+      "background", {}, [](std::string t) { return t; }, name(s.background));
+
+  // Stick figure.
+  add(
+      "figure", {"q.figure.present"}, [](std::string t) { return t; }, s.figure ? "yes" : "no");
+  if (s.figure) {
+    const Figure& f = *s.figure;
+    add(
+        "figure", {"q.figure.arm", "q.figure.arm_ho"}, [](std::string t) { return t; }, arm_answer(f.arms));
+    add(
+        "figure", {"q.figure.color"}, [](std::string t) { return t; }, name(f.color));
+    add(
+        "figure", {"q.figure.legs"}, [](std::string t) { return t; }, f.legs == LegPose::Apart ? "yes" : "no");
+    add(
+        "figure", {"q.figure.side"}, [](std::string t) { return t; }, name(f.side));
+  }
+
+  // Keep a random subset of the questions above.
+  rng.shuffle(qs);
+  if (static_cast<int>(qs.size()) > opt.max_questions) qs.resize(static_cast<size_t>(std::max(0, opt.max_questions)));
+
+  // POPE-style existence probes.
+  if (opt.existence && n > 0) {
+    auto present = [&](Color c, Shape sh) {
+      for (const auto& o : s.objects)
+        if (o.color == c && o.shape == sh) return true;
+      return false;
+    };
+    auto probe = [&](Color c, Shape sh, const char* kind) {
+      add(
+          "exists", {},
+          [&](std::string t) { return replace_all(replace_all(t, "{color}", name(c)), "{shape}", name(sh)); },
+          present(c, sh) ? "yes" : "no");
+      qs.back().pope = kind;
+    };
+    const Object& pos = s.objects[static_cast<size_t>(rng.below(n))];
+    probe(pos.color, pos.shape, "positive");
+    // random: any absent pair.
+    std::vector<std::pair<Color, Shape>> absent;
+    for (Color c : all_colors())
+      for (Shape sh : all_shapes())
+        if (!present(c, sh)) absent.emplace_back(c, sh);
+    if (!absent.empty()) {
+      const auto r = rng.pick(absent);
+      probe(r.first, r.second, "random");
+    }
+    // popular: the most frequent absent pair.
+    static std::once_flag once;
+    static std::vector<std::pair<Color, Shape>> default_rank;
+    const std::vector<std::pair<Color, Shape>>* rank = &opt.popularity;
+    if (rank->empty()) {
+      std::call_once(once, [] { default_rank = object_popularity(); });
+      rank = &default_rank;
+    }
+    for (const auto& p : *rank)
+      if (!present(p.first, p.second)) {
+        probe(p.first, p.second, "popular");
+        break;
+      }
+    // adversarial: one attribute away from a present object.
+    const Object& base = s.objects[static_cast<size_t>(rng.below(n))];
+    std::vector<std::pair<Color, Shape>> near;
+    for (Color c : all_colors())
+      if (!present(c, base.shape)) near.emplace_back(c, base.shape);
+    for (Shape sh : all_shapes())
+      if (!present(base.color, sh)) near.emplace_back(base.color, sh);
+    if (!near.empty()) {
+      const auto a = rng.pick(near);
+      probe(a.first, a.second, "adversarial");
+    }
+  }
+
+  if (opt.describe) {
+    const TemplateInfo& t = pick_template("describe", rng, opt.split, opt.held_out_template_probability);
+    Question q;
+    q.kind = "describe";
+    q.template_id = t.id;
+    q.held_out_template = t.held_out;
+    q.question = t.text;
+    q.answer = describe_scene(s, rng, opt.split == Split::HeldOut);
+    qs.push_back(std::move(q));
+  }
+  return qs;
+}
+
+}  // namespace iris::world

@@ -1,0 +1,101 @@
+#pragma once
+// Captions (text-to-image prompts) and question/answer pairs (VQA, POPE probes, long
+// descriptions) generated from Tinyworld scenes.
+//
+// Every sentence comes from a named template. Some templates are held out: they are only used
+// for held-out scenes, so an evaluation can measure generalisation to unseen phrasing
+// (Caption::held_out_template / Question::held_out_template say which were used). For
+// training scenes (Split::Train) only training templates are drawn; for held-out scenes any
+// template is, held-out ones with probability options.held_out_template_probability.
+//
+// Answers are short lowercase words or phrases: colours ("red"), shapes ("circle"), sizes,
+// positions ("top left"), counts as words ("two"), "yes"/"no", styles, background names;
+// relation answers name objects ("the red circle", "the red circle and the blue square") or
+// "nothing"; "Describe the image." answers with several sentences.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "world/rng.h"
+#include "world/scene.h"
+
+namespace iris::world {
+
+// Which attributes of one object a caption states.
+struct ObjectMention {
+  int object = 0;  // index into Scene::objects
+  bool color = false, shape = false, size = false, position = false;
+};
+
+struct Caption {
+  std::string text;
+  std::string template_id;
+  bool held_out_template = false;
+  std::vector<ObjectMention> mentions;  // one per object, in the order the caption names them
+  bool count = false;                   // states the number of objects ("two objects: ...")
+  bool style = false, background = false;
+  bool figure = false, figure_color = false, arms = false, legs = false;
+};
+
+struct CaptionOptions {
+  Split split = Split::Train;
+  double held_out_template_probability = 0.5;  // held-out scenes only
+  double style_probability = 0.0;              // append "in the outlined style" etc.
+  double size_probability = 0.8;               // per object: state its size
+  double position_probability = 0.85;          // per object: state its position
+};
+
+struct TemplateInfo {
+  std::string id, kind, text;  // kind: "caption" or a question kind; text: the pattern
+  bool held_out = false;
+};
+// Every caption and question template, for documentation and split checks.
+const std::vector<TemplateInfo>& all_templates();
+
+// A caption for `scene`, drawn with `rng` (seed it from the scene for reproducibility).
+Caption make_caption(const Scene& scene, Rng& rng, const CaptionOptions& options = {});
+
+// ---- Questions ---------------------------------------------------------------------------------
+
+struct Question {
+  std::string kind;  // color, shape, size, count, position, relation, exists, style, background,
+                     // figure, describe
+  std::string question, answer;
+  std::string template_id;
+  bool held_out_template = false;
+  // Existence probes: "positive" (the object is there) or the POPE negative sampling used for
+  // an absent object: "random", "popular" or "adversarial" (an object that differs from a
+  // present one in one attribute). Empty for other kinds.
+  std::string pope;
+};
+
+struct QuestionOptions {
+  Split split = Split::Train;
+  double held_out_template_probability = 0.5;  // held-out scenes only
+  int max_questions = 12;                      // besides the existence probes and the description
+  bool existence = true;                       // POPE probes: one positive + random, popular, adversarial negatives
+  bool describe = true;                        // one "Describe the image." question with a long answer
+  // POPE "popular" negatives: (colour, shape) pairs, most frequent first. Empty: the ranking
+  // of object_popularity() over the default sampler.
+  std::vector<std::pair<Color, Shape>> popularity;
+};
+
+std::vector<Question> make_questions(const Scene& scene, Rng& rng, const QuestionOptions& options = {});
+
+// A long description (several sentences: objects, figure, background, style).
+std::string describe_scene(const Scene& scene, Rng& rng, bool allow_held_out_templates = false);
+
+// (colour, shape) pairs ranked by how often they occur in `n` training-split scenes of
+// `sampler` (ties broken by vocabulary order): POPE's "popular" objects.
+std::vector<std::pair<Color, Shape>> object_popularity(const SamplerOptions& sampler = {}, int n = 2000,
+                                                       uint64_t base_seed = 0);
+
+// Noun phrase of an object: "a small red circle", with optional article/size; helpers the
+// tests and the eval use to build prompts.
+std::string object_phrase(const Object& o, bool size, bool article);
+// "at the top left", "in the center", "on the left", "at the bottom".
+std::string position_phrase(int cell);
+// "a" or "an" for the following word.
+const char* article_for(const std::string& next_word);
+
+}  // namespace iris::world
