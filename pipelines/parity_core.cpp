@@ -5,6 +5,9 @@
 
 #include "core/clip_tokenizer.h"
 #include "core/error.h"
+#include "core/image.h"
+
+#include <cstring>
 #include "core/sentencepiece.h"
 #include "pipelines/parity.h"
 
@@ -88,9 +91,22 @@ void run_sentencepiece(const Fixture& fx, std::vector<ParityLine>& lines) {
   }));
 }
 
+// transformers.CLIPImageProcessor: resize (Pillow bicubic), centre crop, rescale, normalise.
+void run_clip_image_processor(const Fixture& fx, std::vector<ParityLine>& lines) {
+  const at::Tensor hwc = fx.tensor("input.image_hwc_uint8").to(at::kByte).contiguous();  // stored as I64
+  Image img(static_cast<int>(hwc.size(1)), static_cast<int>(hwc.size(0)), static_cast<int>(hwc.size(2)));
+  std::memcpy(img.pixels.data(), hwc.data_ptr<uint8_t>(), img.pixels.size());
+  const ClipPreprocessConfig cfg = ClipPreprocessConfig::from_json(fx.config);
+  int h = 0, w = 0;
+  std::vector<float> chw = clip_preprocess(img, cfg, &h, &w);
+  at::Tensor got = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone();
+  lines.push_back(compare("pixel_values", got, fx.tensor("output.pixel_values")));
+}
+
 }  // namespace
 
 void register_core_parity(ParityRegistry& r) {
+  r.add("transformers.CLIPImageProcessor", run_clip_image_processor);
   r.add("clip.simple_tokenizer", run_clip_tokenizer);
   r.add("sentencepiece", run_sentencepiece);
 }
