@@ -215,6 +215,24 @@ IpAdapter load_ip_adapter_file(const std::string& path, UNet2DCondition& unet) {
   return load_ip_adapter(read_all(store), unet, "", path);
 }
 
+void save_ip_adapter(IpAdapter& adapter, const std::string& path) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& kv : adapter->named_parameters(true)) {
+    std::string k = kv.key();
+    static const std::regex layer(R"(layers\.(\d+)\.(to_[kv]_ip)\.weight)");
+    std::smatch m;
+    if (std::regex_match(k, m, layer)) {
+      k = "ip_adapter." + std::to_string(2 * std::stol(m[1]) + 1) + "." + m[2].str() + ".weight";
+    } else if (adapter->config().variant == IpVariant::Base) {
+      if (starts_with(k, "image_proj.image_embeds.")) k = "image_proj.proj." + k.substr(24);
+    } else {
+      throw ConfigError(path + ": saving IP-Adapter Plus in the original layout is not supported yet");
+    }
+    out.emplace_back(k, kv.value());
+  }
+  write_safetensors(path, out, {{"format", "pt"}, {"iris.ip_adapter", "base"}});
+}
+
 std::vector<double> ip_layer_scales(const std::string& preset, double w, UNet2DCondition& unet) {
   const auto layers = unet->cross_attention_layers();
   const size_t n = layers.size();

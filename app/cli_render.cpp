@@ -39,6 +39,9 @@ void add_render_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("render", "Generate images from a prompt (and an init image)");
   struct Opts {
     std::string model, out = "out.png", size = "512x512", init, device = "cpu", tokenizer;
+    std::string ip_adapter, image_encoder, ip_preset = "all";
+    std::vector<std::string> image_prompts;
+    std::vector<double> ip_scales;
     GenerationParams p;
     int64_t seed = -1;
     int threads = 0;
@@ -60,6 +63,11 @@ void add_render_command(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu | cuda | cuda:N | auto")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer folder (single-file checkpoints carry none)");
+  cmd->add_option("--ip-adapter", o->ip_adapter, "IP-Adapter weights (.safetensors, original or diffusers layout)");
+  cmd->add_option("--image-encoder", o->image_encoder, "CLIP image encoder folder (default: the model's image_encoder/)");
+  cmd->add_option("--image-prompt", o->image_prompts, "Reference image(s) for the IP-Adapter (repeatable)");
+  cmd->add_option("--ip-scale", o->ip_scales, "IP-Adapter scale, one for all or one per image prompt");
+  cmd->add_option("--ip-preset", o->ip_preset, "Per-layer scales: all | style | composition")->capture_default_str();
   cmd->add_option("-o,--output", o->out, "Output PNG (several images: NAME-<seed>.png)")->capture_default_str();
   cmd->callback([o] {
     set_threads(o->threads);
@@ -72,6 +80,17 @@ void add_render_command(CLI::App& app) {
       p.init_image_name = std::filesystem::path(o->init).filename().string();
     }
     p.model_name = std::filesystem::path(o->model).filename().string();
+    if (!o->image_prompts.empty() && o->ip_adapter.empty()) throw ConfigError("--image-prompt needs --ip-adapter");
+    if (o->ip_scales.size() > 1 && o->ip_scales.size() != o->image_prompts.size())
+      throw ConfigError("--ip-scale: give one scale, or one per --image-prompt");
+    for (size_t i = 0; i < o->image_prompts.size(); ++i) {
+      ImagePrompt ip;
+      ip.image = load_image(o->image_prompts[i]);
+      ip.name = std::filesystem::path(o->image_prompts[i]).filename().string();
+      ip.scale = o->ip_scales.empty() ? 1.0 : o->ip_scales[o->ip_scales.size() == 1 ? 0 : i];
+      ip.preset = o->ip_preset;
+      p.image_prompts.push_back(std::move(ip));
+    }
     const auto out_dir = std::filesystem::path(o->out).parent_path();
     if (!out_dir.empty() && !std::filesystem::is_directory(out_dir))
       throw IoError(o->out + ": folder " + out_dir.string() + " does not exist");
@@ -79,6 +98,8 @@ void add_render_command(CLI::App& app) {
     SdLoadOptions lo;
     lo.device = o->device;
     lo.tokenizer_dir = o->tokenizer;
+    lo.ip_adapter = o->ip_adapter;
+    lo.image_encoder_dir = o->image_encoder;
     lo.log = [](const std::string& s) { std::fprintf(stderr, "note: %s\n", s.c_str()); };
     SdModel model = SdModel::load(o->model, lo);
 
@@ -104,11 +125,13 @@ void add_random_model_command(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto tok = std::make_shared<std::string>();
   auto seed = std::make_shared<uint64_t>(0);
+  auto with_ip = std::make_shared<bool>(false);
+  cmd->add_flag("--with-ip-adapter", *with_ip, "Also write image_encoder/ and ip-adapter.safetensors");
   cmd->add_option("dir", *dir, "Output folder")->required();
   cmd->add_option("--tokenizer", *tok, "Folder with vocab.json + merges.txt")->required();
   cmd->add_option("--seed", *seed, "Weight seed");
-  cmd->callback([dir, tok, seed] {
-    RandomSdSpec spec = tiny_sd_spec(*tok);
+  cmd->callback([dir, tok, seed, with_ip] {
+    RandomSdSpec spec = tiny_sd_spec(*tok, *with_ip);
     spec.seed = *seed;
     write_random_sd_pipeline(*dir, spec);
     std::printf("%s: random-weight SD pipeline (noise in, noise out: for testing the machinery)\n", dir->c_str());

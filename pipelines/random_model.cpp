@@ -12,13 +12,18 @@
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
 #include "pipelines/sd_model.h"
+#include "adapters/ip_adapter.h"
 
 namespace fs = std::filesystem;
 
 namespace iris {
 
-RandomSdSpec tiny_sd_spec(const std::string& tokenizer_dir) {
+RandomSdSpec tiny_sd_spec(const std::string& tokenizer_dir, bool with_ip_adapter) {
   RandomSdSpec s;
+  if (with_ip_adapter)
+    s.image_encoder_config = {{"architectures", {"CLIPVisionModelWithProjection"}}, {"hidden_size", 32},
+                              {"intermediate_size", 64}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                              {"image_size", 32}, {"patch_size", 8}, {"projection_dim", 16}, {"hidden_act", "quick_gelu"}};
   s.unet_config = {{"_class_name", "UNet2DConditionModel"}, {"block_out_channels", {32, 64}},
                    {"down_block_types", {"CrossAttnDownBlock2D", "DownBlock2D"}},
                    {"up_block_types", {"UpBlock2D", "CrossAttnUpBlock2D"}}, {"layers_per_block", 1},
@@ -60,12 +65,14 @@ void write_random_sd_pipeline(const std::string& dir, const RandomSdSpec& spec) 
   at::manual_seed(spec.seed);
   const fs::path d(dir);
   fs::create_directories(d);
-  write_json(d / "model_index.json", {{"_class_name", "StableDiffusionPipeline"},
-                                      {"unet", {"diffusers", "UNet2DConditionModel"}},
-                                      {"vae", {"diffusers", "AutoencoderKL"}},
-                                      {"text_encoder", {"transformers", "CLIPTextModel"}},
-                                      {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                                      {"scheduler", {"diffusers", "EulerDiscreteScheduler"}}});
+  Json index = {{"_class_name", "StableDiffusionPipeline"},
+                {"unet", {"diffusers", "UNet2DConditionModel"}},
+                {"vae", {"diffusers", "AutoencoderKL"}},
+                {"text_encoder", {"transformers", "CLIPTextModel"}},
+                {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                {"scheduler", {"diffusers", "EulerDiscreteScheduler"}}};
+  if (spec.image_encoder_config.is_object()) index["image_encoder"] = {"transformers", "CLIPVisionModelWithProjection"};
+  write_json(d / "model_index.json", index);
   {
     UNet2DCondition unet(UNetConfig::from_json(spec.unet_config, "unet config"));
     write_json(d / "unet/config.json", spec.unet_config);
@@ -80,6 +87,22 @@ void write_random_sd_pipeline(const std::string& dir, const RandomSdSpec& spec) 
     ClipTextModel text(ClipTextConfig::from_json(spec.text_encoder_config, "text encoder config"), false);
     write_json(d / "text_encoder/config.json", spec.text_encoder_config);
     write_weights(d / "text_encoder/model.safetensors", *text, spec.f16);
+  }
+  if (spec.image_encoder_config.is_object()) {
+    ClipVisionModel enc(ClipVisionConfig::from_json(spec.image_encoder_config, "image encoder config"), true);
+    write_json(d / "image_encoder/config.json", spec.image_encoder_config);
+    write_weights(d / "image_encoder/model.safetensors", *enc, spec.f16);
+    const int64_t size = spec.image_encoder_config.value("image_size", 224);
+    write_json(d / "image_encoder/preprocessor_config.json",
+               {{"size", {{"shortest_edge", size}}}, {"crop_size", {{"height", size}, {"width", size}}},
+                {"do_resize", true}, {"do_center_crop", true}, {"resample", 3}});
+    UNet2DCondition unet(UNetConfig::from_json(spec.unet_config, "unet config"));
+    IpAdapterConfig c;
+    c.image_dim = spec.image_encoder_config.value("projection_dim", 512);
+    c.cross_dim = unet->config().cross_attention_dim;
+    for (const auto& l : unet->cross_attention_layers()) c.layer_dims.push_back(l.second->to_q->weight.size(0));
+    IpAdapter ip(c);
+    save_ip_adapter(ip, (d / "ip-adapter.safetensors").string());
   }
   fs::create_directories(d / "tokenizer");
   for (const char* f : {"vocab.json", "merges.txt"}) {

@@ -16,10 +16,13 @@ struct RandomSdSpec {
   std::string tokenizer_dir; // folder with vocab.json + merges.txt to copy into tokenizer/
   uint64_t seed = 0;
   bool f16 = false;          // store weights as F16 (loading converts to F32)
+  // With an image encoder (image_encoder/) and a base IP-Adapter (ip-adapter.safetensors,
+  // original release layout) when set.
+  Json image_encoder_config;
 };
 
 // A small configuration that runs in well under a second per step on 2 cores.
-RandomSdSpec tiny_sd_spec(const std::string& tokenizer_dir);
+RandomSdSpec tiny_sd_spec(const std::string& tokenizer_dir, bool with_ip_adapter = false);
 
 void write_random_sd_pipeline(const std::string& dir, const RandomSdSpec& spec);
 

@@ -111,6 +111,22 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
   } else {
     throw CheckpointError(path + ": expected a diffusers pipeline folder (model_index.json) or a single .safetensors file");
   }
+  if (!o.ip_adapter.empty()) {
+    std::string enc_dir = o.image_encoder_dir;
+    if (enc_dir.empty() && ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("image_encoder"))
+      enc_dir = ck.part("image_encoder").dir;
+    if (enc_dir.empty())
+      throw ConfigError(o.ip_adapter + ": an IP-Adapter needs a CLIP image encoder: the model has no image_encoder/ "
+                                       "folder; pass one");
+    Checkpoint enc = Checkpoint::open(enc_dir);
+    m.image_encoder = load_clip_vision_model(enc.parts()[0]);
+    m.image_encoder->eval();
+    const std::string pre = enc_dir + "/preprocessor_config.json";
+    if (fs::is_regular_file(pre)) m.image_preprocess = ClipPreprocessConfig::from_json(read_json_file(pre));
+    else if (ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
+      m.image_preprocess = ClipPreprocessConfig::from_json(ck.part("feature_extractor").config);
+    m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
+  }
   m.unet->eval();
   m.vae->eval();
   m.text_encoder->eval();
@@ -118,6 +134,8 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     m.unet->to(m.device);
     m.vae->to(m.device);
     m.text_encoder->to(m.device);
+    if (m.image_encoder) m.image_encoder->to(m.device);
+    if (m.ip_adapter) m.ip_adapter->to(m.device);
   }
   if (m.text_encoder->config().hidden_size != m.unet->config().cross_attention_dim)
     throw ConfigError(path + ": text encoder width " + std::to_string(m.text_encoder->config().hidden_size) +

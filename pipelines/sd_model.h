@@ -11,6 +11,8 @@
 #include "diffusion/clip.h"
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
+#include "adapters/ip_adapter.h"
+#include "core/image.h"
 
 namespace iris {
 
@@ -19,6 +21,10 @@ struct SdLoadOptions {
   // Tokenizer folder (vocab.json + merges.txt, or bpe_simple_vocab_16e6.txt.gz) for single
   // files, which carry none. Ignored for folders that have tokenizer/.
   std::string tokenizer_dir;
+  // IP-Adapter weights (.safetensors, original or diffusers layout) and the CLIP image
+  // encoder folder it needs (default: the pipeline's image_encoder/ part).
+  std::string ip_adapter;
+  std::string image_encoder_dir;
   // Optional log sink for notes (e.g. what was inferred from a single file).
   std::function<void(const std::string&)> log;
 };
@@ -31,6 +37,10 @@ struct SdModel {
   AutoencoderKL vae{nullptr};
   Json scheduler_config;  // scheduler/scheduler_config.json (SD1.5's when absent)
   int64_t pad_token_id = 49407;
+  // Image prompt support (null unless an IP-Adapter was loaded).
+  IpAdapter ip_adapter{nullptr};
+  ClipVisionModel image_encoder{nullptr};
+  ClipPreprocessConfig image_preprocess;
   c10::Device device{c10::kCPU};
 
   // Throws IoError / FormatError / ConfigError / CheckpointError naming the file and key.

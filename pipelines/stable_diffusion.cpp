@@ -139,6 +139,23 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, 
     scheduler->set_timesteps(p.steps);
     x = initial_latents(*scheduler, noise(shape_like).to(model.device));
   }
+  // Image prompts: one stream per reference image on every attn2 layer, removed afterwards
+  // (also when cancelled) so the model stays as loaded.
+  struct Detach {
+    SdModel& m;
+    size_t n;
+    ~Detach() {
+      for (size_t i = 0; i < n; ++i) detach_streams(m.unet, "ip_adapter." + std::to_string(i));
+    }
+  } detach{model, p.image_prompts.size()};
+  if (!p.image_prompts.empty() && !model.ip_adapter)
+    throw ConfigError("image prompts need a model loaded with an IP-Adapter");
+  for (size_t i = 0; i < p.image_prompts.size(); ++i) {
+    const ImagePrompt& ip = p.image_prompts[i];
+    at::Tensor tokens = image_prompt_tokens(model, ip.image, B, uncond.defined());
+    attach_ip_adapter(model.ip_adapter, model.unet, tokens, ip.scale,
+                      ip_layer_scales(ip.preset, ip.scale, model.unet), {}, "ip_adapter." + std::to_string(i));
+  }
   Denoiser denoise = guided_denoiser(model.unet, cond, uncond, p.cfg_scale);
   x = sample(*scheduler, denoise, x, noise.source(), cb.progress, cb.preview);
   cb.progress.check_cancel();
@@ -146,6 +163,24 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, 
   std::vector<GeneratedImage> out;
   for (int i = 0; i < B; ++i) out.push_back({std::move(images[i]), p.seed + static_cast<uint64_t>(i)});
   return out;
+}
+
+at::Tensor image_prompt_tokens(SdModel& model, const Image& image, int batch, bool guided) {
+  torch::NoGradGuard no_grad;
+  int h = 0, w = 0;
+  std::vector<float> chw = clip_preprocess(to_rgb(image), model.image_preprocess, &h, &w);
+  const at::Tensor pixels = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(model.device);
+  at::Tensor cond, uncond;
+  if (model.ip_adapter->config().variant == IpVariant::Base) {
+    const at::Tensor embeds = model.image_encoder->forward(pixels).image_embeds;  // [1, D]
+    cond = model.ip_adapter->image_tokens(embeds);
+    if (guided) uncond = model.ip_adapter->image_tokens(at::zeros_like(embeds));
+  } else {
+    cond = model.ip_adapter->image_tokens(model.image_encoder->hidden_state(pixels, -2));
+    if (guided) uncond = model.ip_adapter->image_tokens(model.image_encoder->hidden_state(at::zeros_like(pixels), -2));
+  }
+  cond = cond.expand({batch, -1, -1});
+  return guided ? at::cat({uncond.expand({batch, -1, -1}), cond}, 0) : cond;
 }
 
 std::string sampler_display_name(const std::string& sampler, bool karras) {
@@ -167,6 +202,13 @@ PngText generation_metadata(const GenerationParams& p, uint64_t seed) {
             {"karras", p.karras}, {"eta", p.eta}, {"steps", p.steps}, {"cfg_scale", p.cfg_scale},
             {"seed", seed}, {"width", p.width}, {"height", p.height}, {"model", p.model_name},
             {"generator", "iris"}};
+  if (!p.image_prompts.empty()) {
+    Json prompts = Json::array();
+    for (const ImagePrompt& ip : p.image_prompts)
+      prompts.push_back({{"image", ip.name}, {"scale", ip.scale}, {"preset", ip.preset}});
+    j["image_prompts"] = prompts;
+    s << ", IP-Adapter: " << p.image_prompts.size() << " image(s)";
+  }
   if (p.init_image) {
     j["init_image"] = p.init_image_name;
     j["strength"] = p.strength;

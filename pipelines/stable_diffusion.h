@@ -15,6 +15,14 @@
 
 namespace iris {
 
+// One reference image for the IP-Adapter.
+struct ImagePrompt {
+  Image image;
+  std::string name;             // for the metadata
+  double scale = 1.0;
+  std::string preset = "all";   // all | style | composition (per-layer scales)
+};
+
 struct GenerationParams {
   std::string prompt, negative_prompt;
   std::string sampler = "euler_a";  // ddim | euler | euler_a | dpmpp_2m | lcm
@@ -29,6 +37,7 @@ struct GenerationParams {
   std::string init_image_name;      // for the metadata
   double strength = 0.75;
   std::string model_name;           // for the metadata
+  std::vector<ImagePrompt> image_prompts;  // needs a model loaded with an IP-Adapter
 
   // Throws ConfigError naming the bad value (size not a multiple of `scale`, steps 0, ...).
   void validate(int64_t scale) const;
@@ -49,6 +58,11 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& par
                                      const GenerationCallbacks& callbacks = {});
 
 // ---- steps ----
+
+// IP-Adapter tokens for one image prompt: [B_unet, T, C] rows [uncond x B; cond x B] when
+// `guided`, else [cond x B]. Base: projection of image_embeds (uncond: of zeros); Plus:
+// resampler over the penultimate hidden states (uncond: of a zero image), as the reference.
+at::Tensor image_prompt_tokens(SdModel& model, const Image& image, int batch, bool guided);
 
 // Token ids for a prompt: [bos] + ids + [eos], truncated to 77 with a warning, padded.
 std::vector<int> prompt_ids(const SdModel& model, const std::string& prompt,

@@ -165,3 +165,33 @@ TEST(Pipeline, ModelLoadErrors) {
     EXPECT_NE(std::string(e.what()).find("expected [32,"), std::string::npos) << e.what();
   }
 }
+
+TEST(Pipeline, ImagePromptsThroughTheIpAdapter) {
+  const auto dir = iris::testing_util::scratch_dir() / "ipsd";
+  write_random_sd_pipeline(dir.string(), tiny_sd_spec(std::string(IRIS_FIXTURES_DIR) + "/data/clip_tokenizer", true));
+  SdLoadOptions lo;
+  lo.ip_adapter = (dir / "ip-adapter.safetensors").string();
+  SdModel model = SdModel::load(dir.string(), lo);
+  ASSERT_TRUE(model.ip_adapter);
+  GenerationParams p = small_params();
+  const auto plain = generate(model, p);
+  Image ref(40, 30, 3);
+  for (size_t i = 0; i < ref.pixels.size(); ++i) ref.pixels[i] = static_cast<uint8_t>((i * 37) % 251);
+  // Scale 0: bit-identical to no image prompt.
+  p.image_prompts.push_back({ref, "ref.png", 0.0, "all"});
+  EXPECT_EQ(generate(model, p)[0].image.pixels, plain[0].image.pixels);
+  // Scale 1 changes the image; two prompts compose; the streams are gone afterwards.
+  p.image_prompts[0].scale = 1.0;
+  const auto with_ip = generate(model, p);
+  EXPECT_NE(with_ip[0].image.pixels, plain[0].image.pixels);
+  p.image_prompts.push_back({ref, "ref2.png", 0.5, "style"});
+  EXPECT_NE(generate(model, p)[0].image.pixels, with_ip[0].image.pixels);
+  for (const auto& l : model.unet->cross_attention_layers()) EXPECT_TRUE(l.second->streams.empty());
+  EXPECT_NE(generation_metadata(p, 1)[0].second.find("IP-Adapter: 2 image(s)"), std::string::npos);
+  // Presets and errors.
+  EXPECT_THROW(ip_layer_scales("nope", 1.0, model.unet), ConfigError);
+  p.image_prompts[0].preset = "composition";
+  generate(model, p);
+  SdModel no_ip = SdModel::load(dir.string());
+  EXPECT_THROW(generate(no_ip, p), ConfigError);
+}

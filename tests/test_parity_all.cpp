@@ -1,0 +1,42 @@
+// Every fixture in ../shared/fixtures through `iris parity`'s runners: each output of each
+// class this build supports must pass (the parity contract). A fixture of a class with no
+// runner yet is reported as skipped, by name.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "pipelines/parity.h"
+
+using namespace iris;
+
+namespace {
+
+std::vector<std::string> fixture_files() {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(IRIS_FIXTURES_DIR)) {
+    const auto ext = e.path().extension();
+    if (ext == ".safetensors" || ext == ".jsonl") out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+class ParityAll : public ::testing::TestWithParam<std::string> {};
+
+}  // namespace
+
+TEST_P(ParityAll, EveryOutputPasses) {
+  ParityOutcome out = run_parity(std::string(IRIS_FIXTURES_DIR) + "/" + GetParam());
+  for (const ParityLine& l : out.lines)
+    EXPECT_TRUE(l.pass) << GetParam() << ": " << l.name << " max_abs " << l.max_abs << " " << l.detail;
+  if (!out.class_supported) GTEST_SKIP() << "class \"" << out.cls << "\" has no runner yet";
+  EXPECT_GE(out.lines.size(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ParityAll, ::testing::ValuesIn(fixture_files()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string n = info.param;
+                           for (char& c : n)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return n;
+                         });
