@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -58,6 +59,15 @@ MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
     o.size_ = 0;
   }
   return *this;
+}
+
+void MappedFile::drop_pages(size_t offset, size_t length) const {
+  if (!data_ || length == 0 || offset >= size_) return;
+  static const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t end = std::min(size_, offset + length);
+  const size_t first = offset / page * page;
+  const size_t last = (end + page - 1) / page * page;  // the mapping's last page may be partial
+  ::madvise(const_cast<uint8_t*>(data_) + first, last - first, MADV_DONTNEED);  // advisory: errors ignored
 }
 
 void MappedFile::release() {

@@ -20,6 +20,11 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops this process's pages of [offset, offset + length) (rounded out to whole pages) from
+  // its resident set. The mapping is private and read-only, so nothing is lost: a later read
+  // faults the same bytes back in from the page cache. Loaders call it once a tensor has been
+  // copied out, so a multi-GB checkpoint never sits in RSS next to the model built from it.
+  void drop_pages(size_t offset, size_t length) const;
 
  private:
   void release();

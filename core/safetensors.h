@@ -56,6 +56,8 @@ class SafetensorsFile {
   const uint8_t* data(const TensorInfo& t) const { return file_.data() + header_.data_start + t.begin; }
   // The tensor's elements converted to F32 (any floating or integer dtype).
   std::vector<float> read_f32(const TensorInfo& t) const;
+  // Drops the tensor's mapped pages from the resident set (MappedFile::drop_pages).
+  void drop_pages(const TensorInfo& t) const { file_.drop_pages(header_.data_start + t.begin, t.nbytes()); }
 
  private:
   MappedFile file_;

@@ -65,9 +65,10 @@ std::string LoadReport::summary() const {
 
 namespace {
 
-// Maps target names to source tensors, then copies them into the module.
-template <typename Fetch>
-LoadReport load_impl(torch::nn::Module& module, const std::vector<std::string>& source_names, Fetch fetch,
+// Maps target names to source tensors, then copies them into the module. `done(name)` is
+// called once a source tensor has been copied (the file-backed overload drops its pages).
+template <typename Fetch, typename Done>
+LoadReport load_impl(torch::nn::Module& module, const std::vector<std::string>& source_names, Fetch fetch, Done done,
                      const RenameTable& renames, const LoadOptions& options, const std::string& what) {
   std::map<std::string, at::Tensor> targets;
   for (auto& p : module.named_parameters(/*recurse=*/true)) targets.emplace(p.key(), p.value());
@@ -105,7 +106,10 @@ LoadReport load_impl(torch::nn::Module& module, const std::vector<std::string>& 
                                   shape_string(value.sizes()));
       continue;
     }
-    param.copy_(value.to(param.device(), param.scalar_type()));
+    // copy_ converts dtype and device on the way, with no converted temporary of the tensor.
+    param.copy_(value);
+    value = at::Tensor();
+    done(src->second);
     report.loaded.push_back(name);
   }
   if (options.strict && !report.ok()) throw CheckpointError(join_context(what, report.summary()));
@@ -116,15 +120,29 @@ LoadReport load_impl(torch::nn::Module& module, const std::vector<std::string>& 
 
 LoadReport load_state_dict(torch::nn::Module& module, const TensorStore& store, const RenameTable& renames,
                            const LoadOptions& options) {
-  return load_impl(module, store.names(), [&](const std::string& n) { return read_tensor(store, n); }, renames,
-                   options, store.path());
+  // Tensors are read straight from the mapping when their bytes are aligned for their dtype
+  // (a view, no copy; the store outlives it), and each one's pages leave the resident set once
+  // it is in the module, so loading never holds the file and the model in memory together.
+  auto fetch = [&](const std::string& n) {
+    const SafetensorsFile& f = store.file_of(n);
+    const TensorInfo& t = store.info(n);
+    const at::ScalarType st = scalar_type_of(t.dtype);
+    const uint8_t* p = f.data(t);
+    if (t.nbytes() > 0 && reinterpret_cast<uintptr_t>(p) % c10::elementSize(st) == 0)
+      return at::from_blob(const_cast<uint8_t*>(p), t.shape, at::TensorOptions().dtype(st));
+    return read_tensor(store, n);
+  };
+  auto done = [&](const std::string& n) { store.file_of(n).drop_pages(store.info(n)); };
+  return load_impl(module, store.names(), fetch, done, renames, options, store.path());
 }
 
 LoadReport load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
                            const RenameTable& renames, const LoadOptions& options, const std::string& what) {
   std::vector<std::string> names;
   for (const auto& kv : tensors) names.push_back(kv.first);
-  return load_impl(module, names, [&](const std::string& n) { return tensors.at(n); }, renames, options, what);
+  return load_impl(
+      module, names, [&](const std::string& n) { return tensors.at(n); }, [](const std::string&) {}, renames, options,
+      what);
 }
 
 }  // namespace iris

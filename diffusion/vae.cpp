@@ -1,6 +1,7 @@
 #include "diffusion/vae.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 
 #include "core/error.h"
 #include "diffusion/noise.h"
@@ -10,6 +11,26 @@ namespace iris {
 namespace nn = torch::nn;
 
 namespace {
+
+// On the CPU the blocks compute in channels-last (oneDNN's fast convolution layout, see
+// unet_blocks.cpp) and keep the layout of their input: the encoder and decoder convert once
+// after conv_in and give a standard contiguous tensor back at the end.
+bool channels_last_cpu(const at::Tensor& x) {
+  return !at::GradMode::is_enabled() && x.is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat &&
+         at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
+}
+
+at::Tensor to_block_layout(const at::Tensor& x) {
+  return channels_last_cpu(x) ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+}
+
+// conv_out(silu(conv_norm_out(x))), the SiLU in place, x released first.
+at::Tensor norm_silu_conv(nn::GroupNorm& norm, nn::Conv2d& conv, at::Tensor x) {
+  at::Tensor h = norm(x);
+  x = at::Tensor();
+  if (at::GradMode::is_enabled()) return conv(at::silu(h));
+  return conv(at::silu_(h)).contiguous();
+}
 void require_list_of(const Json& j, const std::string& key, const std::string& allowed, const std::string& what) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return;
@@ -71,7 +92,7 @@ VaeMidBlockImpl::VaeMidBlockImpl(int64_t ch, int64_t groups, bool add_attention)
 }
 
 at::Tensor VaeMidBlockImpl::forward(at::Tensor x) {
-  x = resnets[0]->forward(x);
+  x = resnets[0]->forward(x);  // reassigning frees each input as soon as the next output exists
   if (attention) x = attention->forward(x);
   return resnets[1]->forward(x);
 }
@@ -117,10 +138,10 @@ VaeEncoderImpl::VaeEncoderImpl(const VaeConfig& c) {
 }
 
 at::Tensor VaeEncoderImpl::forward(const at::Tensor& image) {
-  at::Tensor x = conv_in(image);
-  for (auto& b : blocks) x = b->forward(x);
-  x = mid_block->forward(x);
-  return conv_out(at::silu(conv_norm_out(x)));
+  at::Tensor x = to_block_layout(conv_in(image));
+  for (auto& b : blocks) x = b->forward(std::move(x));  // moved: the block's input dies inside it
+  x = mid_block->forward(std::move(x));
+  return norm_silu_conv(conv_norm_out, conv_out, std::move(x));
 }
 
 VaeDecoderImpl::VaeDecoderImpl(const VaeConfig& c) {
@@ -142,10 +163,10 @@ VaeDecoderImpl::VaeDecoderImpl(const VaeConfig& c) {
 }
 
 at::Tensor VaeDecoderImpl::forward(const at::Tensor& z) {
-  at::Tensor x = conv_in(z);
-  x = mid_block->forward(x);
-  for (auto& b : blocks) x = b->forward(x);
-  return conv_out(at::silu(conv_norm_out(x)));
+  at::Tensor x = to_block_layout(conv_in(z));
+  x = mid_block->forward(std::move(x));
+  for (auto& b : blocks) x = b->forward(std::move(x));  // moved: the block's input dies inside it
+  return norm_silu_conv(conv_norm_out, conv_out, std::move(x));
 }
 
 at::Tensor LatentDistribution::sample(at::Generator& gen) const {

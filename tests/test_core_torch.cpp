@@ -139,6 +139,62 @@ TEST(Attention, CausalWithCacheIsEndAligned) {
   EXPECT_TRUE(at::allclose(attention(q, k, v, mb), attention(q, k, v, ma), 1e-5, 1e-6));
 }
 
+// Score matrices over 4M elements take the row-chunked path (never materialised whole); it
+// must mean exactly what the whole-matrix formula means, with masks, causal caches, fully
+// masked rows and broadcast K/V.
+TEST(Attention, ChunkedPathMatchesWholeMatrix) {
+  at::manual_seed(3);
+  auto reference = [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive) {
+    at::Tensor s = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(q.size(-1)));
+    if (additive.defined()) s = s + additive;
+    return at::matmul(at::nan_to_num(at::softmax(s, -1), 0.0), v);
+  };
+  {  // plain, with the [B, H, L, D] views split_heads makes (strided, not contiguous)
+    at::Tensor x = at::randn({2, 1100, 2 * 16}), y = at::randn({1, 1000, 2 * 16}), z = at::randn({1, 1000, 2 * 24});
+    at::Tensor q = x.view({2, 1100, 2, 16}).transpose(1, 2), k = y.view({1, 1000, 2, 16}).transpose(1, 2),
+               v = z.view({1, 1000, 2, 24}).transpose(1, 2);
+    at::Tensor got = attention(q, k, v);
+    EXPECT_EQ(got.sizes(), (std::vector<int64_t>{2, 2, 1100, 24}));
+    EXPECT_TRUE(at::allclose(got, reference(q, k, v, {}), 1e-5, 1e-6));
+  }
+  {  // causal over a cache (Lk > Lq), a bool key mask that blanks whole rows, a custom scale
+    at::Tensor q = at::randn({1, 2, 1100, 8}), k = at::randn({1, 2, 2000, 8}), v = at::randn({1, 2, 2000, 8});
+    at::Tensor keep = at::rand({1, 1, 1100, 2000}) > 0.5;
+    keep.index_put_({0, 0, 7}, false);  // query 7 sees nothing: its output is 0
+    AttentionOptions o;
+    o.causal = true;
+    o.mask = keep;
+    o.scale = 0.3;
+    at::Tensor causal_keep = at::ones({1100, 2000}, at::kBool).tril(900);
+    at::Tensor additive = at::zeros({1, 1, 1100, 2000}).masked_fill((keep & causal_keep).logical_not(),
+                                                                     -std::numeric_limits<float>::infinity());
+    at::Tensor s = at::matmul(q, k.transpose(-2, -1)) * 0.3 + additive;
+    at::Tensor ref = at::matmul(at::nan_to_num(at::softmax(s, -1), 0.0), v);
+    at::Tensor got = attention(q, k, v, o);
+    EXPECT_TRUE(at::allclose(got, ref, 1e-5, 1e-6));
+    EXPECT_EQ(got.index({0, 0, 7}).abs().sum().item<float>(), 0.f);
+    AttentionOptions ex = o;
+    ex.force_explicit = true;
+    EXPECT_TRUE(at::allclose(attention(q, k, v, ex), ref, 1e-5, 1e-6));
+  }
+  {  // double precision takes the row-chunked matmul path (the float CPU path uses oneDNN)
+    at::Tensor q = at::randn({1, 2, 1500, 8}, at::kDouble), k = at::randn({1, 2, 1500, 8}, at::kDouble),
+               v = at::randn({1, 2, 1500, 8}, at::kDouble);
+    AttentionOptions o;
+    o.causal = true;
+    at::Tensor additive = at::zeros({1500, 1500}, at::kDouble)
+                              .masked_fill(at::ones({1500, 1500}, at::kBool).tril().logical_not(),
+                                           -std::numeric_limits<double>::infinity());
+    EXPECT_TRUE(at::allclose(attention(q, k, v, o), reference(q, k, v, additive), 1e-10, 1e-12));
+  }
+  {  // additive float mask broadcast over heads and queries
+    at::Tensor q = at::randn({1, 3, 1500, 8}), k = at::randn({1, 3, 1500, 8}), v = at::randn({1, 3, 1500, 8});
+    AttentionOptions o;
+    o.mask = at::randn({1, 1, 1, 1500});
+    EXPECT_TRUE(at::allclose(attention(q, k, v, o), reference(q, k, v, *o.mask), 1e-5, 1e-6));
+  }
+}
+
 TEST(Attention, RejectsBadShapes) {
   EXPECT_THROW(attention(at::zeros({2, 3, 4}), at::zeros({2, 3, 4}), at::zeros({2, 3, 4})), ShapeError);
   EXPECT_THROW(attention(at::zeros({1, 1, 2, 4}), at::zeros({1, 1, 2, 5}), at::zeros({1, 1, 2, 5})), ShapeError);
