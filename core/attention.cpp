@@ -19,8 +19,8 @@ namespace {
 // (1 GiB at 4096 tokens, batch 2, 8 heads) never exists and each chunk stays in cache.
 constexpr int64_t kWholeElements = int64_t(1) << 22;
 constexpr int64_t kChunkElements = int64_t(1) << 20;
-// oneDNN path: scores of all heads for a block of query rows, about this many elements (64 MB).
-constexpr int64_t kOneDnnChunkElements = int64_t(1) << 24;
+// oneDNN path: scores of all heads for a block of query rows, about this many elements (32 MB).
+constexpr int64_t kOneDnnChunkElements = int64_t(1) << 23;
 
 double effective_scale(const at::Tensor& q, const AttentionOptions& opt) {
   return opt.scale > 0 ? opt.scale : 1.0 / std::sqrt(static_cast<double>(q.size(-1)));

@@ -61,6 +61,28 @@ at::Tensor same_layout(const at::Tensor& y, const at::Tensor& like) {
   return y.contiguous(like.suggest_memory_format());
 }
 
+// oneDNN reorders a convolution's weight into its blocked layout on every call: a temporary the
+// size of the weight (118 MB for SD1.5's 2560->1280 3x3 convolutions). Weights over this size
+// run in slices of output channels (each output channel is computed exactly as before), so the
+// temporary stays under it.
+constexpr int64_t kMaxWeightBytes = int64_t(32) << 20;
+
+// conv2d(x, w, b) with w sliced along its output channels when big; the slices' outputs are
+// joined along the channel dim (channels-last in, channels-last out).
+at::Tensor conv2d_sliced(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, at::IntArrayRef stride,
+                         at::IntArrayRef padding) {
+  const int64_t O = w.size(0);
+  const int64_t slices = std::min<int64_t>(O, (w.numel() * w.element_size() + kMaxWeightBytes - 1) / kMaxWeightBytes);
+  if (slices <= 1) return at::conv2d(x, w, b, stride, padding);
+  const int64_t per = (O + slices - 1) / slices;
+  std::vector<at::Tensor> parts;
+  for (int64_t o = 0; o < O; o += per) {
+    const int64_t n = std::min(per, O - o);
+    parts.push_back(at::conv2d(x, w.narrow(0, o, n), b.defined() ? b.narrow(0, o, n) : at::Tensor(), stride, padding));
+  }
+  return at::cat(parts, 1);
+}
+
 // x [..., K] -> [..., N] = x W^T + b: a 1x1 convolution over a channels-last [1, K, M, 1] view of
 // the rows (no copy for contiguous x) on the CPU when there are enough rows to pay for oneDNN's
 // set-up; the output [1, N, M, 1] channels-last is [M, N] row-major, so reshaping back is a view.
@@ -72,10 +94,31 @@ at::Tensor linear_fwd(const torch::nn::Linear& l, const at::Tensor& x) {
   if (M < 64 || !onednn_ok(x) || w.scalar_type() != at::kFloat) return at::linear(x, w, b);
   at::Tensor xc = x.contiguous();
   at::Tensor rows = xc.as_strided({1, K, M, 1}, {M * K, 1, K, K});
-  at::Tensor y = at::conv2d(rows, w.reshape({N, K, 1, 1}), b);
+  at::Tensor y = conv2d_sliced(rows, w.reshape({N, K, 1, 1}), b, {1, 1}, {0, 0});
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes.back() = N;
   return y.permute({0, 2, 3, 1}).reshape(sizes);
+}
+
+// A convolution on the channels-last CPU path. Its weight is kept channels-last (converted once,
+// here): oneDNN would otherwise copy it to channels-last on every call (a 118 MB temporary for
+// SD1.5's 2560->1280 3x3 convolutions) before reordering it into its blocked layout. The values,
+// names and shape of the parameter are unchanged; only its strides are.
+void weight_to_channels_last(torch::nn::Conv2d conv) {
+  at::Tensor& w = conv->weight;
+  if (w.dim() == 4 && !w.is_contiguous(kChannelsLast)) {
+    torch::NoGradGuard no_grad;
+    w.set_data(w.contiguous(kChannelsLast));
+  }
+}
+
+at::Tensor conv_cl(torch::nn::Conv2d conv, const at::Tensor& x) {
+  weight_to_channels_last(conv);  // normally done when the block was built
+  const auto& o = conv->options;
+  if (o.groups() != 1 || !c10::get_if<torch::ExpandingArray<2>>(&o.padding()) || (*o.dilation())[0] != 1 ||
+      (*o.dilation())[1] != 1 || o.padding_mode().index() != 0)
+    return conv->forward(x);
+  return conv2d_sliced(x, conv->weight, conv->bias, *o.stride(), *c10::get<torch::ExpandingArray<2>>(o.padding()));
 }
 
 // GroupNorm then SiLU, the SiLU in place.
@@ -125,6 +168,10 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(int64_t in, int64_t out, int64_t temb_chann
   norm2 = register_module("norm2", group_norm(groups, out, eps));
   conv2 = register_module("conv2", conv(out, out, 3));
   if (in != out) conv_shortcut = register_module("conv_shortcut", conv(in, out, 1));
+  // 3x3 weights are stored channels-last from the start (see conv_cl): converting them at the
+  // first forward would leave each old weight's memory as a hole among the activations.
+  weight_to_channels_last(conv1);
+  weight_to_channels_last(conv2);
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x_in, const at::Tensor& temb) {
@@ -139,11 +186,11 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x_in, const at::Tensor& 
   // Channels-last inside, every intermediate updated in place; one tensor of x's size alive
   // besides x at a time.
   const at::Tensor x = conv_layout(x_in);
-  at::Tensor h = conv1(norm_silu(norm1, x));
+  at::Tensor h = conv_cl(conv1, norm_silu(norm1, x));
   if (time_emb_proj && temb.defined()) h.add_(time_emb_proj(at::silu(temb)).unsqueeze(-1).unsqueeze(-1));
   at::Tensor a = norm_silu(norm2, h);
   h = at::Tensor();  // conv1's output is dead: free it before conv2 allocates
-  h = conv2(a);
+  h = conv_cl(conv2, a);
   a = at::Tensor();
   const auto fmt = x_in.suggest_memory_format();
   at::Tensor y;
@@ -163,22 +210,26 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x_in, const at::Tensor& 
 
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t padding) : padding(padding) {
   conv = register_module("conv", iris::conv(channels, channels, 3, 2, padding));
+  weight_to_channels_last(conv);
 }
 
 at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
   at::Tensor in = padding == 0 ? at::constant_pad_nd(x, {0, 1, 0, 1}) : x;
-  if (onednn_ok(x) && x.dim() == 4) return same_layout(conv(conv_layout(in)), x);
+  if (onednn_ok(x) && x.dim() == 4) return same_layout(conv_cl(conv, conv_layout(in)), x);
   return conv(in);
 }
 
-Upsample2DImpl::Upsample2DImpl(int64_t channels) { conv = register_module("conv", iris::conv(channels, channels, 3)); }
+Upsample2DImpl::Upsample2DImpl(int64_t channels) {
+  conv = register_module("conv", iris::conv(channels, channels, 3));
+  weight_to_channels_last(conv);
+}
 
 at::Tensor Upsample2DImpl::forward(const at::Tensor& x, c10::optional<std::vector<int64_t>> size) {
   const bool fast = onednn_ok(x) && x.dim() == 4;
   const at::Tensor in = fast ? conv_layout(x) : x;  // nearest upsampling keeps channels-last
   at::Tensor up = size ? at::upsample_nearest2d(in, *size)
                        : at::upsample_nearest2d(in, std::vector<int64_t>{x.size(2) * 2, x.size(3) * 2});
-  return fast ? same_layout(conv(up), x) : conv(up);
+  return fast ? same_layout(conv_cl(conv, up), x) : conv(up);
 }
 
 AttentionImpl::AttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads, int64_t head_dim, bool bias)
@@ -235,12 +286,31 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
 }
 
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
-  at::Tensor h = linear_fwd(proj, x);
-  const int64_t inner = h.size(-1) / 2;
-  at::Tensor hidden = h.narrow(-1, 0, inner), gate = h.narrow(-1, inner, inner);
-  if (!inference()) return out(hidden * at::gelu(gate));
-  at::Tensor g = at::gelu(gate);  // a new tensor: multiply the hidden half into it in place
-  return linear_fwd(out, g.mul_(hidden));
+  if (!inference()) {
+    auto parts = proj(x).chunk(2, -1);  // hidden, gate
+    return out(parts[0] * at::gelu(parts[1]));
+  }
+  auto geglu = [&](const at::Tensor& rows) {
+    at::Tensor h = linear_fwd(proj, rows);
+    const int64_t inner = h.size(-1) / 2;
+    at::Tensor g = at::gelu(h.narrow(-1, inner, inner));  // a new tensor: multiply the hidden half in
+    return linear_fwd(out, g.mul_(h.narrow(-1, 0, inner)));
+  };
+  // Rows are independent: over many tokens, run blocks of rows so the [rows, 2*inner] projection
+  // (84 MB for SD1.5's 2 x 4096 tokens at once) stays a few MB and in cache.
+  constexpr int64_t kRows = 2048;
+  const int64_t C = x.size(-1), M = C > 0 ? x.numel() / C : 0;
+  if (M <= 2 * kRows) return geglu(x);
+  const at::Tensor xf = x.reshape({M, C});
+  at::Tensor y;
+  for (int64_t r0 = 0; r0 < M; r0 += kRows) {
+    at::Tensor o = geglu(xf.narrow(0, r0, std::min(kRows, M - r0)));
+    if (!y.defined()) y = at::empty({M, o.size(-1)}, o.options());
+    y.narrow(0, r0, o.size(0)).copy_(o);
+  }
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = y.size(-1);
+  return y.view(sizes);
 }
 
 BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t head_dim, int64_t cross_dim,

@@ -144,6 +144,34 @@ TEST(LlamaCache, FastPathEqualsAutogradPath) {
   EXPECT_LE(max_diff(with_grad, full_logits(m, input)), 1e-5);
 }
 
+TEST(LlamaCache, LongPrefillAcrossBlocksAndKernels) {
+  // Over 128 query rows (the attention's row blocks), prefilled in two parts on one cache.
+  LlamaConfig c = small_config();
+  c.max_position_embeddings = 512;
+  LlamaForCausalLM m = small_model(c);
+  const at::Tensor input = random_ids(2, 300, 97, 23);
+  const at::Tensor reference = m->forward(input);  // LibTorch ops, autograd on
+  at::NoGradGuard ng;
+  EXPECT_LE(max_diff(m->forward(input), reference), 1e-5);
+  KVCache cache = m->new_cache(2, 300);
+  LlamaInput a, b;
+  a.input_ids = input.narrow(1, 0, 110);
+  b.input_ids = input.narrow(1, 110, 190);
+  const at::Tensor first = m->forward(a, &cache).logits, second = m->forward(b, &cache).logits;
+  EXPECT_LE(max_diff(at::cat({first, second}, 1), reference), 1e-5);
+  // The same with the oneDNN / AVX2 kernels off (LibTorch fallbacks of the fast path).
+  const LlamaKernels saved = llama_kernels();
+  set_llama_kernels({false, false});
+  EXPECT_FALSE(llama_kernels().onednn_gemm);
+  EXPECT_FALSE(llama_kernels().avx2);
+  EXPECT_LE(max_diff(m->forward(input), reference), 1e-5);
+  cache.reset();
+  EXPECT_LE(max_diff(at::cat({m->forward(a, &cache).logits, m->forward(b, &cache).logits}, 1), reference), 1e-5);
+  KVCache step_cache = m->new_cache(2, 8);
+  EXPECT_LE(max_diff(m->step(input.select(1, 0), step_cache), reference.select(1, 0)), 1e-5);
+  set_llama_kernels(saved);
+}
+
 TEST(LlamaCache, TruncateThenContinueEqualsNeverHavingGonePast) {
   LlamaForCausalLM m = small_model();
   const at::Tensor prompt = random_ids(1, 8, 97, 4);

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
-#include <set>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -19,7 +18,6 @@
 #include <c10/core/InferenceMode.h>
 
 #include "core/error.h"
-#include "core/tensor_io.h"
 #include "core/torch_compat.h"
 
 namespace iris {
@@ -32,6 +30,10 @@ std::string str(int64_t v) { return std::to_string(v); }
 bool tracks_grad(const at::Tensor& a, const at::Tensor& b = {}) {
   return at::GradMode::is_enabled() && (a.requires_grad() || (b.defined() && b.requires_grad()));
 }
+
+// Kernel switches (set_llama_kernels).
+std::atomic<bool> g_kernels_onednn{true};
+std::atomic<bool> g_kernels_avx2{true};
 
 // ---- config helpers ----
 
@@ -372,9 +374,14 @@ void finish_decoder_pass(DecoderPass& pass) {
 //
 // Every block has two implementations of the same arithmetic: LibTorch ops (any device and
 // dtype, autograd) and, when nothing needs gradients and the tensors are float32 on the CPU,
-// a fast path for generation on few cores: hand-written loops for the small per-token work
-// (RMSNorm, RoPE straight into the KV cache, attention of a few queries) and in-place ops,
-// so a decode step runs few LibTorch ops and allocates little.
+// a fast path for generation on few cores:
+//   * decode is bound by reading the weights once per token: q/k/v and gate/up are fused
+//     matrices, products of a few rows run through a single-stream AVX2 GEMV;
+//   * prefill is bound by GEMM: oneDNN's SGEMM for projections and per-head attention;
+//   * the small per-token work is hand-written (RMSNorm, RoPE written straight into the KV
+//     cache, scaled/masked softmax rows, SwiGLU), with in-place residuals, so a decode step
+//     runs few LibTorch ops and allocates little.
+// Tests compare the fast path with the LibTorch path (and transformers' fixtures) within 1e-5.
 
 namespace {
 
@@ -388,8 +395,8 @@ bool fast_path(const at::Tensor& x, const at::Tensor& w = {}) {
 // ---- matrix-vector products for a few rows (decode, small batches) ----
 //
 // y[m, n] = sum_k x[m, k] * w[n, k] for M <= 4 rows of x: every weight is read once per call,
-// which is what bounds decoding. An AVX2 kernel when the CPU has it (chosen at run time),
-// split over LibTorch's threads; otherwise LibTorch's mv.
+// which is what bounds decoding. An AVX2 kernel when the CPU has it (chosen at run time);
+// otherwise LibTorch's mv.
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define IRIS_LLAMA_AVX2 1
@@ -446,7 +453,7 @@ __attribute__((target("avx2,fma"))) void gemvm_avx2(const float* w, const float*
 
 bool have_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return ok && g_kernels_avx2.load(std::memory_order_relaxed);
 }
 
 // e^x for 8 floats: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial
@@ -596,13 +603,15 @@ void gemv_rows(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
 using DnnlSgemm = int (*)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
-DnnlSgemm dnnl_sgemm() {
+DnnlSgemm dnnl_sgemm_symbol() {
   static const DnnlSgemm fn = []() -> DnnlSgemm {
     if (std::getenv("IRIS_NO_DNNL")) return nullptr;
     return reinterpret_cast<DnnlSgemm>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
   }();
   return fn;
 }
+
+DnnlSgemm dnnl_sgemm() { return g_kernels_onednn.load(std::memory_order_relaxed) ? dnnl_sgemm_symbol() : nullptr; }
 
 // Row-major C[m, n] = A[m, k] * op(B) with op(B) = B^T (B: [n, k]) or B ([k, n]); beta = 0.
 bool sgemm_rows(const float* a, int64_t lda, const float* b, int64_t ldb, bool b_transposed, float* c, int64_t ldc,
@@ -851,13 +860,38 @@ void attend_chunked(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
 
 // The explicit path: post-softmax weights [B, H, L, K] exist as a tensor and hooks see them.
 // Grouped heads as above; autograd-safe when gradients are on.  -> [B, H, L, D]
+// Per (batch, kv head) GEMMs of a grouped batch: c[u] = a[u] (m x k) * op(b[u]), op = B^T or B,
+// for u in [0, B * Hkv); a/c contiguous [B, Hkv, m, *], b [B, Hkv, *, *] with rows contiguous.
+// False when oneDNN is not there (the caller uses at::matmul).
+bool grouped_gemm(const at::Tensor& a, const at::Tensor& b, bool b_transposed, at::Tensor& c) {
+  if (!dnnl_sgemm() || !cpu_f32(a) || !cpu_f32(b) || !a.is_contiguous() || b.stride(3) != 1) return false;
+  const int64_t n_units = a.size(0) * a.size(1), m = a.size(2), kk = a.size(3), n = c.size(3);
+  const int64_t Hkv = a.size(1);
+  const float* ad = a.data_ptr<float>();
+  const float* bd = b.data_ptr<float>();
+  float* cd = c.data_ptr<float>();
+  std::atomic<bool> ok{true};
+  at::parallel_for(0, n_units, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1 && ok; ++u) {
+      const float* bu = bd + (u / Hkv) * b.stride(0) + (u % Hkv) * b.stride(1);
+      if (!sgemm_rows(ad + u * m * kk, kk, bu, b.stride(2), b_transposed, cd + u * m * n, n, m, n, kk)) ok = false;
+    }
+  });
+  return ok;
+}
+
 at::Tensor attend_explicit(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const DecoderPass& pass,
                            double scale, int layer, const HookContext* ctx) {
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), D = q.size(3);
   const int64_t Hkv = k.size(1), G = H / Hkv, K = k.size(2);
   const bool grad = tracks_grad(q, k) || tracks_grad(v);
   const at::Tensor qg = q.reshape({B, Hkv, G * L, D});
-  at::Tensor s = at::matmul(qg, k.transpose(2, 3));  // [B, Hkv, G*L, K]
+  at::Tensor s;  // [B, Hkv, G*L, K]
+  if (!grad) {
+    s = at::empty({B, Hkv, G * L, K}, q.options());
+    if (!grouped_gemm(qg, k, true, s)) s = at::Tensor();
+  }
+  if (!s.defined()) s = at::matmul(qg, k.transpose(2, 3));
   if (grad) s = s * scale;
   else s.mul_(scale);
   if (pass.blocked.defined()) {
@@ -872,6 +906,10 @@ at::Tensor attend_explicit(const at::Tensor& q, const at::Tensor& k, const at::T
     at::Tensor w = probs.view({B, H, L, K});
     for (const AttentionHookList* hooks : pass.hooks) hooks->run(layer, w, *ctx);
     probs = w.reshape({B, Hkv, G * L, K});
+  }
+  if (!grad && !tracks_grad(probs)) {
+    at::Tensor o = at::empty({B, Hkv, G * L, D}, q.options());
+    if (grouped_gemm(probs.contiguous(), v, false, o)) return o.view({B, H, L, D});
   }
   return at::matmul(probs, v).view({B, H, L, D});
 }
@@ -893,6 +931,22 @@ at::Tensor attend_fused(const at::Tensor& q, const at::Tensor& k, const at::Tens
 #endif
 
 }  // namespace
+
+void set_llama_kernels(const LlamaKernels& k) {
+  g_kernels_onednn = k.onednn_gemm;
+  g_kernels_avx2 = k.avx2;
+}
+
+LlamaKernels llama_kernels() {
+  LlamaKernels k;
+  k.onednn_gemm = dnnl_sgemm() != nullptr;
+#ifdef IRIS_LLAMA_AVX2
+  k.avx2 = have_avx2();
+#else
+  k.avx2 = false;
+#endif
+  return k;
+}
 
 // =============================================================================================
 // Modules

@@ -334,6 +334,19 @@ LoadReport load_llama_weights(LlamaForCausalLM& model, const TensorStore& store,
 LlamaForCausalLM load_llama(const std::string& folder);
 
 // ---------------------------------------------------------------------------------------------
+// CPU kernels of the fast path (float32, no autograd). Both are on by default where available:
+// oneDNN's SGEMM (found at run time in the oneDNN library LibTorch loads; absent from pip wheels)
+// for prefill projections and attention, and AVX2 kernels (CPU checked at run time) for
+// decode GEMV, softmax and SwiGLU. Off, the same math runs on LibTorch ops. For tests and
+// benchmarks; IRIS_NO_DNNL=1 in the environment disables oneDNN too.
+struct LlamaKernels {
+  bool onednn_gemm = true;
+  bool avx2 = true;
+};
+void set_llama_kernels(const LlamaKernels& k);
+LlamaKernels llama_kernels();  // what is in effect (requested and available)
+
+// ---------------------------------------------------------------------------------------------
 // Speculative decoding helpers
 
 // Greedy acceptance of a chain: first_logits [V] are the logits that predict candidates[0]
