@@ -1,5 +1,4 @@
 // iris render: text-to-image and image-to-image from the command line.
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -14,9 +13,6 @@
 namespace iris::cli {
 
 namespace {
-
-CancelToken g_cancel;
-extern "C" void on_sigint(int) { g_cancel.cancel(); }
 
 std::pair<int, int> parse_size(const std::string& s) {
   int w = 0, h = 0;
@@ -38,16 +34,15 @@ std::string output_name(const std::string& out, uint64_t seed, bool several) {
 void add_render_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("render", "Generate images from a prompt (and an init image)");
   struct Opts {
-    std::string model, out = "out.png", size = "512x512", init, device = "cpu", tokenizer;
-    std::string ip_adapter, image_encoder, ip_preset = "all";
+    SdModelCliOptions m;
+    std::string out = "out.png", size = "512x512", init, ip_preset = "all", skeleton;
     std::vector<std::string> image_prompts;
     std::vector<double> ip_scales;
     GenerationParams p;
     int64_t seed = -1;
-    int threads = 0;
   };
   auto o = std::make_shared<Opts>();
-  cmd->add_option("--model", o->model, "Diffusers folder or single-file .safetensors checkpoint")->required();
+  add_sd_model_options(cmd, o->m);
   cmd->add_option("--prompt,-p", o->p.prompt, "What to draw")->required();
   cmd->add_option("--negative,-n", o->p.negative_prompt, "What to avoid");
   cmd->add_option("--sampler", o->p.sampler, "ddim | euler | euler_a | dpmpp_2m | lcm")->capture_default_str();
@@ -60,17 +55,18 @@ void add_render_command(CLI::App& app) {
   cmd->add_option("--batch", o->p.batch, "Images (seeds seed, seed+1, ...)")->capture_default_str();
   cmd->add_option("--init", o->init, "Init image for image-to-image");
   cmd->add_option("--strength", o->p.strength, "Image-to-image strength in (0, 1]")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu | cuda | cuda:N | auto")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
-  cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer folder (single-file checkpoints carry none)");
-  cmd->add_option("--ip-adapter", o->ip_adapter, "IP-Adapter weights (.safetensors, original or diffusers layout)");
-  cmd->add_option("--image-encoder", o->image_encoder, "CLIP image encoder folder (default: the model's image_encoder/)");
   cmd->add_option("--image-prompt", o->image_prompts, "Reference image(s) for the IP-Adapter (repeatable)");
   cmd->add_option("--ip-scale", o->ip_scales, "IP-Adapter scale, one for all or one per image prompt");
   cmd->add_option("--ip-preset", o->ip_preset, "Per-layer scales: all | style | composition")->capture_default_str();
+  cmd->add_option("--style", o->p.style, "Style: a bank name, NAME for styles/NAME.safetensors beside the adapter, or a file");
+  cmd->add_option("--style-strength", o->p.style_strength, "Style strength (0: off)")->capture_default_str();
+  cmd->add_option("--skeleton", o->skeleton, "Skeleton JSON (iris.skeleton format; see assets/skeletons/)");
+  cmd->add_option("--skeleton-scale", o->p.skeleton_scale, "Skeleton stream scale (0: off)")->capture_default_str();
+  cmd->add_option("--skeleton-camera", o->p.skeleton_camera_distance,
+                  "Camera distance for 3D skeletons (default: the file's camera, else z is dropped)");
   cmd->add_option("-o,--output", o->out, "Output PNG (several images: NAME-<seed>.png)")->capture_default_str();
   cmd->callback([o] {
-    set_threads(o->threads);
+    set_threads(o->m.threads);
     GenerationParams p = o->p;
     std::tie(p.width, p.height) = parse_size(o->size);
     if (o->seed < 0) p.seed = std::random_device{}() & 0x7fffffff;
@@ -79,36 +75,32 @@ void add_render_command(CLI::App& app) {
       p.init_image = load_image(o->init);
       p.init_image_name = std::filesystem::path(o->init).filename().string();
     }
-    p.model_name = std::filesystem::path(o->model).filename().string();
-    if (!o->image_prompts.empty() && o->ip_adapter.empty()) throw ConfigError("--image-prompt needs --ip-adapter");
+    p.model_name = std::filesystem::path(o->m.model).filename().string();
+    if (!o->image_prompts.empty() && o->m.ip_adapter.empty()) throw ConfigError("--image-prompt needs --ip-adapter");
     if (o->ip_scales.size() > 1 && o->ip_scales.size() != o->image_prompts.size())
       throw ConfigError("--ip-scale: give one scale, or one per --image-prompt");
     for (size_t i = 0; i < o->image_prompts.size(); ++i) {
-      ImagePrompt ip;
-      ip.image = load_image(o->image_prompts[i]);
-      ip.name = std::filesystem::path(o->image_prompts[i]).filename().string();
-      ip.scale = o->ip_scales.empty() ? 1.0 : o->ip_scales[o->ip_scales.size() == 1 ? 0 : i];
-      ip.preset = o->ip_preset;
-      p.image_prompts.push_back(std::move(ip));
+      const double scale = o->ip_scales.empty() ? 1.0 : o->ip_scales[o->ip_scales.size() == 1 ? 0 : i];
+      p.image_prompts.push_back(load_image_prompt(o->image_prompts[i], scale, o->ip_preset));
+    }
+    if (!o->p.style.empty() && o->m.style_adapter.empty()) throw ConfigError("--style needs --style-adapter");
+    if (!o->skeleton.empty()) {
+      if (o->m.sk_adapter.empty()) throw ConfigError("--skeleton needs --sk-adapter");
+      p.skeleton = world::load_skeleton(o->skeleton);
+      p.skeleton_name = std::filesystem::path(o->skeleton).filename().string();
     }
     const auto out_dir = std::filesystem::path(o->out).parent_path();
     if (!out_dir.empty() && !std::filesystem::is_directory(out_dir))
       throw IoError(o->out + ": folder " + out_dir.string() + " does not exist");
 
-    SdLoadOptions lo;
-    lo.device = o->device;
-    lo.tokenizer_dir = o->tokenizer;
-    lo.ip_adapter = o->ip_adapter;
-    lo.image_encoder_dir = o->image_encoder;
-    lo.log = [](const std::string& s) { std::fprintf(stderr, "note: %s\n", s.c_str()); };
-    SdModel model = SdModel::load(o->model, lo);
+    SdModel model = SdModel::load(o->m.model, o->m.load_options());
+    model.release_after_use = true;  // one generation per run: free each part once it is done
 
     ProgressBar bar;
     GenerationCallbacks cb;
     cb.progress.on_step = [&bar](int s, int t, const std::string& stage) { bar.update(s, t, stage); };
-    cb.progress.should_cancel = g_cancel.as_callback();
+    cb.progress.should_cancel = cancel_on_interrupt();
     cb.warn = [](const std::string& s) { std::fprintf(stderr, "warning: %s\n", s.c_str()); };
-    std::signal(SIGINT, on_sigint);
     std::vector<GeneratedImage> images = generate(model, p, cb);
     bar.finish();
     for (const GeneratedImage& g : images) {

@@ -11,7 +11,8 @@
 #include "core/torch_compat.h"
 
 int main(int argc, char** argv) {
-  iris::ensure_passive_openmp(argc, argv);
+  iris::ensure_passive_openmp(argc, argv, /*huge_pages=*/true);
+  iris::keep_freed_memory();
   CLI::App app{"Iris: image generation with attention adapters, and a vision-language model"};
   app.require_subcommand(0, 1);
   bool show_version = false;
@@ -20,6 +21,14 @@ int main(int argc, char** argv) {
   iris::cli::add_parity_command(app);
   iris::cli::add_render_command(app);
   iris::cli::add_random_model_command(app);
+  iris::cli::add_ask_command(app);
+  iris::cli::add_random_llava_command(app);
+  iris::cli::add_train_draft_command(app);
+  iris::cli::add_train_adapters_command(app);
+  iris::cli::add_starter_commands(app);
+  iris::cli::add_eval_diffusion_command(app);
+  iris::cli::add_batch_command(app);
+  iris::cli::add_vlm_command(app);
   try {
     // Subcommand callbacks run inside parse(); their exceptions arrive here.
     app.parse(argc, argv);

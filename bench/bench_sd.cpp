@@ -72,11 +72,6 @@ double now_s() {
 bool malloc_thp(const std::string& mode) { return mode == "thp" || mode == "thp-keep"; }
 bool malloc_keep(const std::string& mode) { return mode == "keep" || mode == "thp-keep"; }
 
-void keep_freed_memory() {
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  mallopt(M_TOP_PAD, 64 << 20);
-}
 
 constexpr const char* kThpTunable = "glibc.malloc.hugetlb=1";
 
@@ -419,6 +414,9 @@ void txt2img_child(const std::string& dir, bool reference, int steps, const std:
   double t = now_s();
   at::Tensor ctx = text->forward(ids).last_hidden_state;  // [uncond; cond]
   r["text_s"] = now_s() - t;
+  // iris frees each part once its work is done, as `iris render` does (SdModel::release_after_use);
+  // the reference keeps all three resident, as diffusers' pipeline does.
+  if (!reference) text = nullptr;
   at::Tensor latents = at::randn({1, 4, 64, 64});
   std::unique_ptr<Plain> pu, pv;
   if (reference) {
@@ -435,6 +433,7 @@ void txt2img_child(const std::string& dir, bool reference, int steps, const std:
   }
   r["unet_s_per_step"] = (now_s() - t) / std::max(1, steps);
   r["hwm_after_unet_kb"] = proc_status_kb("VmHWM");
+  if (!reference) unet = nullptr;
   t = now_s();
   at::Tensor z = latents / 0.18215;
   at::Tensor img = reference ? plain_vae_decode(*vae, *pv, z) : vae->decode(z);
@@ -555,7 +554,7 @@ int main(int argc, char** argv) {
     std::cerr << "--only takes unet, vae or rss\n";
     return 2;
   }
-  if (malloc_keep(malloc_mode)) keep_freed_memory();
+  if (malloc_keep(malloc_mode)) iris::keep_freed_memory();
   iris::set_threads(threads);
   std::vector<std::string> pass{"--threads", std::to_string(threads)};
   try {

@@ -437,6 +437,21 @@ std::vector<int> ClipTokenizer::encode(const std::string& utf8) const {
   return ids;
 }
 
+std::vector<std::string> clip_pre_tokenize(const std::string& utf8) {
+  const std::u32string text = clean_text(utf8);
+  std::vector<std::string> pieces;
+  for (const auto& [begin, end] : split_pieces(text))
+    pieces.push_back(unicode::encode_utf8(std::u32string_view(text).substr(begin, end - begin)));
+  return pieces;
+}
+
+std::string clip_byte_symbol(uint8_t byte) { return byte_symbol(byte); }
+
+std::vector<uint8_t> clip_byte_vocab_order() {
+  const auto& order = byte_symbols().order;
+  return std::vector<uint8_t>(order.begin(), order.end());
+}
+
 std::vector<int> ClipTokenizer::encode_with_special(const std::string& utf8) const {
   std::vector<int> ids{impl_->bos};
   const std::vector<int> body = encode(utf8);

@@ -9,6 +9,7 @@
 // ill-formed sequence becomes U+FFFD) before anything else, so encode never fails.
 // Instances are immutable after loading and cheap to copy (shared state); encode is
 // thread-safe (the per-piece BPE cache is locked).
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -53,5 +54,12 @@ class ClipTokenizer {
   explicit ClipTokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<const Impl> impl_;
 };
+
+// Tokenizer training support (pipelines/tokenizer_training): the pieces encode() runs BPE on
+// (cleaned, lower-cased, split by the pattern above), each as UTF-8; and the vocabulary symbol
+// (UTF-8) that stands for one byte, with the bytes in CLIP's vocabulary order.
+std::vector<std::string> clip_pre_tokenize(const std::string& utf8);
+std::string clip_byte_symbol(uint8_t byte);
+std::vector<uint8_t> clip_byte_vocab_order();
 
 }  // namespace iris

@@ -251,7 +251,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
   for (const auto& s : streams) {
     if (!s || s->scale == 0.0 || !s->tokens.defined()) continue;
     at::Tensor sk = split_heads(s->to_k(s->tokens), heads), sv = split_heads(s->to_v(s->tokens), heads);
-    at::Tensor term = attention(q, sk, sv) * s->scale;
+    AttentionOptions opt;
+    if (s->key_mask.defined()) opt.mask = s->key_mask.view({s->key_mask.size(0), 1, 1, s->key_mask.size(1)});
+    at::Tensor term = attention(q, sk, sv, opt) * s->scale;
     if (s->mask.defined())  // [B, L, 1] -> [B, 1, L, 1]
       term = term * mask_for_tokens(s->mask, x.size(1)).unsqueeze(1).to(term.dtype());
     out = out + term;

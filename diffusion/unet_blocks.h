@@ -71,6 +71,8 @@ struct AttentionStream {
   at::Tensor tokens;                        // [B, N, D_s] (with CFG: [uncond; cond] along B)
   double scale = 1.0;                       // this layer's scale; 0 skips the stream entirely
   at::Tensor mask;                          // optional [B, 1, Hm, Wm] in [0, 1], resized per layer
+  at::Tensor key_mask;                      // optional [B, N] bool: false = token ignored (e.g. a
+                                            // missing joint); every row needs one true entry
 };
 
 // diffusers Attention: to_q/to_k/to_v (bias optional), to_out.0; multi-head SDPA.

@@ -1,6 +1,7 @@
-// Parity runners for the VLM decoder (transformers 4.40.2 golden fixtures `llama` and
-// `llama_gen`). Every `output.*` of a fixture is compared; one the runner does not produce is a
+// Parity runners for the VLM (transformers 4.40.2 golden fixtures `llama`, `llama_gen` and
+// `llava`). Every `output.*` of a fixture is compared; one the runner does not produce is a
 // failing line, so nothing is skipped silently.
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "core/state_dict.h"
 #include "pipelines/parity.h"
 #include "vlm/llama.h"
+#include "vlm/llava.h"
 #include "vlm/sampling.h"
 
 namespace iris {
@@ -170,10 +172,59 @@ void run(const Fixture& fx, std::vector<ParityLine>& lines) {
   else run_llama(fx, model, lines);
 }
 
+// `llava`: the selected vision states, the projected features, the logits over the merged
+// prompt (the <image> token expanded to the patch features) and greedy generation through the
+// cache (prefill with the merged embeddings, then token steps).
+void run_llava(const Fixture& fx, std::vector<ParityLine>& lines) {
+  at::NoGradGuard no_grad;
+  Outputs got;
+  const at::Tensor ids = fx.tensor("input.input_ids");
+  const at::Tensor pixels = fx.tensor("input.pixel_values");
+  const at::Tensor mask = fx.tensor("input.attention_mask");
+  const at::Tensor want_tokens = fx.tensor("output.generate_greedy");
+  const int64_t n_new = want_tokens.size(1) - ids.size(1);
+
+  LlavaConfig cfg = LlavaConfig::from_json(fx.config, fx.path + ": config");
+  // transformers 4.40 computes RoPE for any position and does not enforce
+  // max_position_embeddings; this tiny config's 64 is shorter than the merged prompt plus the
+  // generated tokens (8 - 1 + 64 + 4 = 75). RoPE is the same formula at every position, so the
+  // table is only widened to cover what the fixture uses.
+  const int64_t images = ids.eq(cfg.image_token_index).sum().item<int64_t>();
+  const int64_t needed = ids.size(1) + images * (cfg.image_feature_tokens() - 1) + n_new;
+  cfg.text.max_position_embeddings = std::max(cfg.text.max_position_embeddings, needed);
+  LlavaForConditionalGeneration model(cfg);
+  load_llava_weights(model, *fx.store, {"input.", "output."});
+  model->eval();
+
+  const at::Tensor selected = model->vision_features(pixels);
+  got["vision_hidden_states_selected"] =
+      compare("vision_hidden_states_selected", selected, fx.tensor("output.vision_hidden_states_selected"));
+  const at::Tensor features = model->multi_modal_projector(selected);
+  got["image_features_projected"] =
+      compare("image_features_projected", features, fx.tensor("output.image_features_projected"));
+  const at::Tensor logits = model->forward(ids, pixels, mask).logits;  // [1, 71, V]
+  got["logits"] = compare("logits", logits, fx.tensor("output.logits"));
+
+  GenerateOptions opt;
+  opt.max_new_tokens = n_new;
+  opt.stop_at_eos = false;  // transformers stops at eos too; the fixture has none
+  opt.keep_logits = true;
+  const std::vector<int64_t> prompt = row_ids(ids, 0);
+  const GenerateResult r = llava_generate(model, prompt, pixels, opt);
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), r.tokens.begin(), r.tokens.end());
+  got["generate_greedy"] = compare("generate_greedy", ids_tensor(all), want_tokens);
+  // The cached prefill's first logits are the no-cache forward's last position.
+  got["(cached prefill) first step logits"] =
+      compare("(cached prefill) first step logits", r.step_logits.select(0, 0), logits.select(1, logits.size(1) - 1)[0]);
+  emit(fx, got, lines);
+}
+
 }  // namespace
 
 void register_vlm_parity(ParityRegistry& r) {
   r.add("transformers.LlamaForCausalLM", run);
+  r.add("transformers.LlavaForConditionalGeneration", run_llava);
 }
 
 }  // namespace iris

@@ -75,6 +75,8 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
                              ? ck.part("scheduler").config
                              : sd15_scheduler_config();
     const ModelPart& tok = ck.part("tokenizer");
+    // Padding is <|endoftext|> (49407 in CLIP's vocabulary; small trained vocabularies put it elsewhere).
+    m.pad_token_id = m.tokenizer->eos_id();
     if (tok.config.is_object() && tok.config.contains("pad_token") && tok.config["pad_token"] == "!") m.pad_token_id = 0;
   } else if (ck.kind() == Checkpoint::Kind::SingleFile) {
     const TensorStore& w = *ck.parts()[0].weights;
@@ -111,13 +113,13 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
   } else {
     throw CheckpointError(path + ": expected a diffusers pipeline folder (model_index.json) or a single .safetensors file");
   }
-  if (!o.ip_adapter.empty()) {
+  if (!o.ip_adapter.empty() || o.with_image_encoder) {
     std::string enc_dir = o.image_encoder_dir;
     if (enc_dir.empty() && ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("image_encoder"))
       enc_dir = ck.part("image_encoder").dir;
     if (enc_dir.empty())
-      throw ConfigError(o.ip_adapter + ": an IP-Adapter needs a CLIP image encoder: the model has no image_encoder/ "
-                                       "folder; pass one");
+      throw ConfigError((o.ip_adapter.empty() ? path : o.ip_adapter) +
+                        ": an IP-Adapter needs a CLIP image encoder: the model has no image_encoder/ folder; pass one");
     Checkpoint enc = Checkpoint::open(enc_dir);
     m.image_encoder = load_clip_vision_model(enc.parts()[0]);
     m.image_encoder->eval();
@@ -125,8 +127,13 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     if (fs::is_regular_file(pre)) m.image_preprocess = ClipPreprocessConfig::from_json(read_json_file(pre));
     else if (ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
       m.image_preprocess = ClipPreprocessConfig::from_json(ck.part("feature_extractor").config);
-    m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
+    if (!o.ip_adapter.empty()) m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
   }
+  if (!o.style_adapter.empty()) {
+    m.style_adapter = load_style_adapter(o.style_adapter, m.unet);
+    m.style_adapter_path = o.style_adapter;
+  }
+  if (!o.sk_adapter.empty()) m.sk_adapter = load_skeleton_adapter(o.sk_adapter, m.unet);
   m.unet->eval();
   m.vae->eval();
   m.text_encoder->eval();
@@ -136,6 +143,8 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     m.text_encoder->to(m.device);
     if (m.image_encoder) m.image_encoder->to(m.device);
     if (m.ip_adapter) m.ip_adapter->to(m.device);
+    if (m.style_adapter) m.style_adapter->to(m.device);
+    if (m.sk_adapter) m.sk_adapter->to(m.device);
   }
   if (m.text_encoder->config().hidden_size != m.unet->config().cross_attention_dim)
     throw ConfigError(path + ": text encoder width " + std::to_string(m.text_encoder->config().hidden_size) +

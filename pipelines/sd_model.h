@@ -12,6 +12,8 @@
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
 #include "adapters/ip_adapter.h"
+#include "adapters/skeleton_adapter.h"
+#include "adapters/style_adapter.h"
 #include "core/image.h"
 
 namespace iris {
@@ -25,6 +27,11 @@ struct SdLoadOptions {
   // encoder folder it needs (default: the pipeline's image_encoder/ part).
   std::string ip_adapter;
   std::string image_encoder_dir;
+  // Load the image encoder even without an IP-Adapter (IP-Adapter training).
+  bool with_image_encoder = false;
+  // PokeFusion style adapter and SK-Adapter files (adapters/style_adapter.h, skeleton_adapter.h).
+  std::string style_adapter;
+  std::string sk_adapter;
   // Optional log sink for notes (e.g. what was inferred from a single file).
   std::function<void(const std::string&)> log;
 };
@@ -41,7 +48,17 @@ struct SdModel {
   IpAdapter ip_adapter{nullptr};
   ClipVisionModel image_encoder{nullptr};
   ClipPreprocessConfig image_preprocess;
+  // Style and skeleton streams (null unless loaded). styles/NAME.safetensors next to the style
+  // adapter file are found by name.
+  StyleAdapter style_adapter{nullptr};
+  std::string style_adapter_path;
+  SkeletonAdapter sk_adapter{nullptr};
   c10::Device device{c10::kCPU};
+  // One-shot use (a CLI render): generate() frees each part as soon as its work is done (text
+  // and image encoders once the prompts are encoded, the UNet and adapters before decoding),
+  // so the peak holds the UNet's weights or the VAE's activations, never both. The model
+  // cannot generate again afterwards.
+  bool release_after_use = false;
 
   // Throws IoError / FormatError / ConfigError / CheckpointError naming the file and key.
   static SdModel load(const std::string& path, const SdLoadOptions& options = {});

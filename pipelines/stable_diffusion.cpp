@@ -1,11 +1,14 @@
 #include "pipelines/stable_diffusion.h"
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
 #include <torch/utils.h>
 
+#include "adapters/adapter_streams.h"
 #include "core/error.h"
+#include "core/runtime_env.h"
 #include "diffusion/noise.h"
 #include "diffusion/schedulers/factory.h"
 
@@ -22,6 +25,19 @@ void GenerationParams::validate(int64_t scale) const {
   if (!std::isfinite(cfg_scale) || cfg_scale < 0 || cfg_scale > 100) bad("cfg scale must be in 0..100");
   if (batch < 1 || batch > 64) bad("batch " + std::to_string(batch) + " must be in 1..64");
   if (init_image && (!(strength > 0) || strength > 1)) bad("strength must be in (0, 1]");
+  if (!std::isfinite(style_strength) || std::abs(style_strength) > 100) bad("style strength must be in -100..100");
+  if (!std::isfinite(skeleton_scale) || std::abs(skeleton_scale) > 100) bad("skeleton scale must be in -100..100");
+  if (!std::isfinite(skeleton_camera_distance) || skeleton_camera_distance < 0)
+    bad("skeleton camera distance must be >= 0 (0: the file's camera)");
+}
+
+ImagePrompt load_image_prompt(const std::string& path, double scale, const std::string& preset) {
+  ImagePrompt ip;
+  ip.image = load_image(path);
+  ip.name = std::filesystem::path(path).filename().string();
+  ip.scale = scale;
+  ip.preset = preset;
+  return ip;
 }
 
 std::vector<int> prompt_ids(const SdModel& model, const std::string& prompt,
@@ -58,7 +74,13 @@ Denoiser guided_denoiser(UNet2DCondition& unet, const at::Tensor& cond, const at
 
 at::Tensor decode_latents(AutoencoderKL& vae, const at::Tensor& latents) {
   torch::NoGradGuard no_grad;
-  return vae->decode(vae->from_diffusion_space(latents));
+  // One image at a time: the decoder's full-resolution activations (a [1, 128, 512, 512] map is
+  // 128 MB, several live at once) then exist for one image, not the batch, and image i decodes
+  // the same whatever the batch size.
+  std::vector<at::Tensor> images;
+  for (int64_t b = 0; b < latents.size(0); ++b)
+    images.push_back(vae->decode(vae->from_diffusion_space(latents.narrow(0, b, 1))));
+  return images.size() == 1 ? images[0] : at::cat(images, 0);
 }
 
 std::vector<Image> to_images(const at::Tensor& decoded) {
@@ -106,6 +128,9 @@ NoiseSource BatchNoise::source() {
 }
 
 std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, const GenerationCallbacks& cb) {
+  if (!model.text_encoder || !model.unet || !model.vae)
+    throw ConfigError(model.source + ": this model's parts were released after a previous generation "
+                      "(release_after_use); load it again");
   const int64_t scale = model.vae->config().scale();
   p.validate(scale);
   torch::NoGradGuard no_grad;
@@ -144,8 +169,17 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, 
   struct Detach {
     SdModel& m;
     size_t n;
+    void release_unet() {
+      m.unet = nullptr;
+      m.ip_adapter = nullptr;
+      n = 0;
+    }
     ~Detach() {
       for (size_t i = 0; i < n; ++i) detach_streams(m.unet, "ip_adapter." + std::to_string(i));
+      if (m.unet) {  // null once released (release_after_use)
+        detach_style(m.unet);
+        detach_skeleton(m.unet);
+      }
     }
   } detach{model, p.image_prompts.size()};
   if (!p.image_prompts.empty() && !model.ip_adapter)
@@ -156,13 +190,47 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, 
     attach_ip_adapter(model.ip_adapter, model.unet, tokens, ip.scale,
                       ip_layer_scales(ip.preset, ip.scale, model.unet), {}, "ip_adapter." + std::to_string(i));
   }
+  if (model.release_after_use) {  // the prompts and image prompts are encoded: free the encoders
+    model.text_encoder = nullptr;
+    model.image_encoder = nullptr;
+    release_free_memory();
+  }
+  attach_style_and_skeleton(model, p, B, uncond.defined(), cb.warn);
   Denoiser denoise = guided_denoiser(model.unet, cond, uncond, p.cfg_scale);
   x = sample(*scheduler, denoise, x, noise.source(), cb.progress, cb.preview);
   cb.progress.check_cancel();
+  if (model.release_after_use) {  // only the VAE is needed from here
+    denoise = nullptr;
+    detach.release_unet();
+    release_free_memory();
+  }
   std::vector<Image> images = to_images(decode_latents(model.vae, x));
   std::vector<GeneratedImage> out;
   for (int i = 0; i < B; ++i) out.push_back({std::move(images[i]), p.seed + static_cast<uint64_t>(i)});
   return out;
+}
+
+void attach_style_and_skeleton(SdModel& model, const GenerationParams& p, int batch, bool guided,
+                               const std::function<void(const std::string&)>& warn) {
+  torch::NoGradGuard no_grad;
+  const int64_t rows = guided ? 2 * batch : batch;
+  if (!p.style.empty()) {
+    if (!model.style_adapter) throw ConfigError("style \"" + p.style + "\" needs a model loaded with a style adapter");
+    const StyleFile style = resolve_style(model.style_adapter, p.style, model.style_adapter_path);
+    const at::Tensor tokens = model.style_adapter->style_tokens(style.embedding.unsqueeze(0).to(model.device));
+    attach_style(model.style_adapter, model.unet, tokens.expand({rows, -1, -1}), p.style_strength,
+                 cfg_rows(batch, guided));
+  }
+  if (p.skeleton) {
+    if (!model.sk_adapter) throw ConfigError("a skeleton needs a model loaded with a skeleton adapter (SK-Adapter)");
+    world::Camera camera;
+    camera.distance = p.skeleton_camera_distance;
+    const world::Skeleton flat = skeleton_in_2d(*p.skeleton, p.skeleton_camera_distance > 0 ? &camera : nullptr, warn);
+    const SkeletonInputs in = skeleton_inputs({flat}, model.sk_adapter->config()).to(model.device);
+    const at::Tensor tokens = model.sk_adapter->encoder->forward(in);  // [1, J, C]
+    attach_skeleton(model.sk_adapter, model.unet, tokens.expand({rows, -1, -1}), in.valid.expand({rows, -1}),
+                    p.skeleton_scale, cfg_rows(batch, guided));
+  }
 }
 
 at::Tensor image_prompt_tokens(SdModel& model, const Image& image, int batch, bool guided) {
@@ -209,6 +277,18 @@ PngText generation_metadata(const GenerationParams& p, uint64_t seed) {
     j["image_prompts"] = prompts;
     s << ", IP-Adapter: " << p.image_prompts.size() << " image(s)";
   }
+  if (!p.style.empty()) {
+    j["style"] = p.style;
+    j["style_strength"] = p.style_strength;
+    s << ", Style: " << p.style << " (" << p.style_strength << ")";
+  }
+  if (p.skeleton) {
+    j["skeleton"] = world::skeleton_to_json(*p.skeleton);  // the whole skeleton: renderable again
+    j["skeleton_name"] = p.skeleton_name;
+    j["skeleton_scale"] = p.skeleton_scale;
+    if (p.skeleton_camera_distance > 0) j["skeleton_camera_distance"] = p.skeleton_camera_distance;
+    s << ", Skeleton: " << (p.skeleton_name.empty() ? "yes" : p.skeleton_name) << " (" << p.skeleton_scale << ")";
+  }
   if (p.init_image) {
     j["init_image"] = p.init_image_name;
     j["strength"] = p.strength;
@@ -234,6 +314,12 @@ GenerationParams params_from_metadata(const PngText& text, const std::string& wh
     p.model_name = json_string(j, "model", "", what);
     p.init_image_name = json_string(j, "init_image", "", what);
     p.strength = json_number(j, "strength", p.strength, what);
+    p.style = json_string(j, "style", "", what);
+    p.style_strength = json_number(j, "style_strength", p.style_strength, what);
+    if (j.contains("skeleton")) p.skeleton = world::parse_skeleton(j["skeleton"], what + ": skeleton");
+    p.skeleton_name = json_string(j, "skeleton_name", "", what);
+    p.skeleton_scale = json_number(j, "skeleton_scale", p.skeleton_scale, what);
+    p.skeleton_camera_distance = json_number(j, "skeleton_camera_distance", 0.0, what);
     return p;
   }
   throw FormatError(what + ": no Iris generation parameters in this PNG");

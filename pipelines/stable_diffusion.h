@@ -12,6 +12,7 @@
 #include "core/progress.h"
 #include "diffusion/schedulers/sampler.h"
 #include "pipelines/sd_model.h"
+#include "world/skeleton.h"
 
 namespace iris {
 
@@ -22,6 +23,9 @@ struct ImagePrompt {
   double scale = 1.0;
   std::string preset = "all";   // all | style | composition (per-layer scales)
 };
+
+// An image prompt from a file (the file name goes into the metadata). Throws IoError/FormatError.
+ImagePrompt load_image_prompt(const std::string& path, double scale = 1.0, const std::string& preset = "all");
 
 struct GenerationParams {
   std::string prompt, negative_prompt;
@@ -38,6 +42,17 @@ struct GenerationParams {
   double strength = 0.75;
   std::string model_name;           // for the metadata
   std::vector<ImagePrompt> image_prompts;  // needs a model loaded with an IP-Adapter
+  // PokeFusion style (needs a model loaded with a style adapter): a bank style's name, NAME for
+  // styles/NAME.safetensors next to the adapter file, or a style file path. "" = no style.
+  std::string style;
+  double style_strength = 1.0;
+  // SK-Adapter skeleton (needs a model loaded with a skeleton adapter). 3D skeletons are
+  // projected with skeleton_camera_distance (> 0), else the file's camera, else z is dropped
+  // (with a warning).
+  std::optional<world::Skeleton> skeleton;
+  std::string skeleton_name;  // for the metadata
+  double skeleton_scale = 1.0;
+  double skeleton_camera_distance = 0.0;
 
   // Throws ConfigError naming the bad value (size not a multiple of `scale`, steps 0, ...).
   void validate(int64_t scale) const;
@@ -58,6 +73,11 @@ std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& par
                                      const GenerationCallbacks& callbacks = {});
 
 // ---- steps ----
+
+// Attaches the style and skeleton streams `params` asks for (rows: cfg_rows(batch, guided)).
+// Detach with detach_style / detach_skeleton.
+void attach_style_and_skeleton(SdModel& model, const GenerationParams& params, int batch, bool guided,
+                               const std::function<void(const std::string&)>& warn);
 
 // IP-Adapter tokens for one image prompt: [B_unet, T, C] rows [uncond x B; cond x B] when
 // `guided`, else [cond x B]. Base: projection of image_embeds (uncond: of zeros); Plus:

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/image.h"
 #include "core/safetensors.h"
 #include "tests/test_util.h"
 
@@ -131,4 +132,36 @@ TEST(Cli, RenderWritesPngWithParametersAndIsDeterministic) {
   expect_clean_error(run_iris("render --model /nonexistent -p x -o " + a), "/nonexistent");
   expect_clean_error(run_iris("render --model " + dir + " -p x --size 32x32 --steps 1 --init /nonexistent.png -o " + a), "/nonexistent.png");
   expect_clean_error(run_iris("render --model " + dir + " -p x --size 32x32 --steps 1 -o /nonexistent-dir/x.png"), "does not exist");
+}
+
+TEST(Cli, AskStreamsAnAnswerAndEndsWithStats) {
+  const std::string dir = (iris::testing_util::scratch_dir() / "tinyllava").string();
+  CliRun made = run_iris("random-llava " + dir + " --seed 3");
+  ASSERT_EQ(made.code, 0) << made.err;
+  // A small PNG written through the library's encoder.
+  iris::Image img(24, 20, 3);
+  for (size_t i = 0; i < img.pixels.size(); ++i) img.pixels[i] = static_cast<uint8_t>(i * 37 % 251);
+  const std::string png = (iris::testing_util::scratch_dir() / "q.png").string();
+  iris::save_png(png, img);
+
+  const std::string base = "ask --model " + dir + " --image " + png + " ";
+  CliRun r = run_iris(base + "\"What is in the image?\" --max-tokens 6");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const size_t stats = r.out.rfind("prompt tokens ");
+  ASSERT_NE(stats, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("generated tokens", stats), std::string::npos);
+  EXPECT_NE(r.out.find("tok/s", stats), std::string::npos);
+  EXPECT_EQ(r.out.back(), '\n');
+  CliRun sampled = run_iris(base + "\"What?\" --max-tokens 4 --temperature 0.8 --top-k 10 --top-p 0.9 "
+                                   "--repetition-penalty 1.1 --seed 7 --stop \"###\" --template \"Q: <image>\\n{question} A:\"");
+  EXPECT_EQ(sampled.code, 0) << sampled.err;
+  EXPECT_NE(sampled.out.find("generated tokens"), std::string::npos) << sampled.out;
+
+  // Bad input: one line naming the problem. (Each run starts LibTorch: keep them few.)
+  expect_clean_error(run_iris(base + "\"  \""), "question is empty");
+  expect_clean_error(run_iris("ask --model " + dir + " --image " + temp_file("bad.png", "garbage") + " \"What?\""),
+                     "bad.png");
+  expect_clean_error(run_iris(base + "\"What?\" --max-tokens 0"), "--max-tokens");
+  fs::remove(fs::path(dir) / "tokenizer.model");
+  expect_clean_error(run_iris(base + "\"What?\""), "tokenizer.model");
 }

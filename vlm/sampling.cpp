@@ -253,25 +253,23 @@ class GradModeScope {
   std::unique_ptr<at::NoGradGuard> no_grad_;
 };
 
-// The loop shared by generate() and generate_from(): pick from `logits`, step, repeat.
+// The loop shared by generate(), generate_from() and generate_custom(): pick from `logits`,
+// advance, repeat.
 void decode_loop(LlamaForCausalLM& model, KVCache& cache, at::Tensor logits, const GenerateOptions& opt,
-                 const TokenCallback& on_token, const std::vector<int64_t>& history, GenerateResult& r) {
+                 const TokenCallback& on_token, const PickFn& pick, const AdvanceFn& advance, GenerateResult& r) {
   if (opt.max_new_tokens < 0) throw ConfigError("generate: max_new_tokens must be >= 0");
   if (!opt.stop_strings.empty() && !opt.detokenize)
     throw ConfigError("generate: stop strings need a detokenizer (GenerateOptions::detokenize)");
   if (cache.batch() != 1) throw ConfigError("generate: batch 1 only (the cache has batch " + std::to_string(cache.batch()) + ")");
-  SamplerChain sampler = make_sampler(opt.sampling);
-  sampler.accept(history);
   const std::vector<int64_t>& eos = opt.eos_token_ids.empty() ? model->config().eos_token_ids : opt.eos_token_ids;
   std::vector<at::Tensor> kept;
   std::string text;
   const auto t0 = Clock::now();
-  at::Tensor token_buf = at::empty({1, 1}, at::TensorOptions().dtype(at::kLong));
 
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     at::Tensor row = logits.reshape({-1});
     if (opt.keep_logits) kept.push_back(row.to(at::kCPU, at::kFloat).clone());
-    const int64_t token = sampler.sample(row);
+    const int64_t token = pick(row);
     r.tokens.push_back(token);
     const bool is_eos = opt.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end();
 
@@ -301,15 +299,37 @@ void decode_loop(LlamaForCausalLM& model, KVCache& cache, at::Tensor logits, con
       r.stop = StopReason::ContextFull;
       break;
     }
-    token_buf.fill_(token);
-    logits = model->step(token_buf, cache);  // [1, V]
+    logits = advance(token);  // [V] or [1, V]
   }
   r.decode_ms = ms_since(t0);
   r.text = text;
   if (opt.keep_logits && !kept.empty()) r.step_logits = at::stack(kept);
 }
 
+// The sampler chain's pick and a plain model step.
+void sample_loop(LlamaForCausalLM& model, KVCache& cache, const at::Tensor& logits, const GenerateOptions& opt,
+                 const TokenCallback& on_token, const std::vector<int64_t>& history, GenerateResult& r) {
+  SamplerChain sampler = make_sampler(opt.sampling);
+  sampler.accept(history);
+  at::Tensor token_buf = at::empty({1, 1}, at::TensorOptions().dtype(at::kLong));
+  const PickFn pick = [&](const at::Tensor& row) { return sampler.sample(row); };
+  const AdvanceFn advance = [&](int64_t token) {
+    token_buf.fill_(token);
+    return model->step(token_buf, cache);  // [1, V]
+  };
+  decode_loop(model, cache, logits, opt, on_token, pick, advance, r);
+}
+
 }  // namespace
+
+GenerateResult generate_custom(LlamaForCausalLM& model, KVCache& cache, const at::Tensor& first_logits,
+                               const PickFn& pick, const AdvanceFn& advance, const GenerateOptions& opt,
+                               const TokenCallback& on_token) {
+  GenerateResult r;
+  r.prompt_tokens = cache.length();
+  decode_loop(model, cache, first_logits, opt, on_token, pick, advance, r);
+  return r;
+}
 
 GenerateResult generate_from(LlamaForCausalLM& model, KVCache& cache, const at::Tensor& last_logits,
                              const GenerateOptions& opt, const TokenCallback& on_token,
@@ -317,7 +337,7 @@ GenerateResult generate_from(LlamaForCausalLM& model, KVCache& cache, const at::
   const GradModeScope scope(opt.inference_mode);
   GenerateResult r;
   r.prompt_tokens = cache.length();
-  decode_loop(model, cache, last_logits, opt, on_token, history, r);
+  sample_loop(model, cache, last_logits, opt, on_token, history, r);
   return r;
 }
 
@@ -348,7 +368,7 @@ GenerateResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& pro
   fo.logits = LogitsMode::Last;
   at::Tensor logits = model->forward(in, &cache, fo).logits;  // [1, 1, V]
   r.prefill_ms = ms_since(t0);
-  decode_loop(model, cache, logits, opt, on_token, prompt, r);
+  sample_loop(model, cache, logits, opt, on_token, prompt, r);
   return r;
 }
 

@@ -186,4 +186,14 @@ GenerateResult generate_from(LlamaForCausalLM& model, KVCache& cache, const at::
                              const GenerateOptions& opt = {}, const TokenCallback& on_token = nullptr,
                              const std::vector<int64_t>& history = {});
 
+// The loop with its two moves supplied by the caller (SGRS picks by saliency and steps with
+// gradients): pick(logits [V]) -> token; advance(token) appends the token to `cache` and returns
+// the next logits ([V] or [1, V]). Stops, callback and result as generate_from(); opt.sampling
+// and opt.inference_mode are not used (the caller owns sampling and grad mode).
+using PickFn = std::function<int64_t(const at::Tensor& logits)>;
+using AdvanceFn = std::function<at::Tensor(int64_t token)>;
+GenerateResult generate_custom(LlamaForCausalLM& model, KVCache& cache, const at::Tensor& first_logits,
+                               const PickFn& pick, const AdvanceFn& advance, const GenerateOptions& opt = {},
+                               const TokenCallback& on_token = nullptr);
+
 }  // namespace iris

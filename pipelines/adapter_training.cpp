@@ -1,0 +1,365 @@
+#include "pipelines/adapter_training.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include <torch/utils.h>
+
+#include "adapters/adapter_streams.h"
+#include "core/error.h"
+#include "core/state_dict.h"
+#include "core/tensor_io.h"
+#include "diffusion/noise.h"
+#include "diffusion/schedulers/schedule.h"
+#include "pipelines/stable_diffusion.h"
+#include "pipelines/trainer.h"
+#include "world/dataset.h"
+
+namespace fs = std::filesystem;
+
+namespace iris {
+
+AdapterKind parse_adapter_kind(const std::string& s) {
+  if (s == "ip-adapter") return AdapterKind::IpAdapter;
+  if (s == "style") return AdapterKind::Style;
+  if (s == "sk-adapter" || s == "skeleton") return AdapterKind::Skeleton;
+  throw ConfigError("adapter kind \"" + s + "\": expected ip-adapter, style or sk-adapter");
+}
+
+const char* adapter_kind_name(AdapterKind k) {
+  return k == AdapterKind::IpAdapter ? "ip-adapter" : k == AdapterKind::Style ? "style" : "sk-adapter";
+}
+
+std::string adapter_file_name(AdapterKind k) {
+  return k == AdapterKind::IpAdapter ? "ip-adapter.safetensors"
+         : k == AdapterKind::Style   ? "style-adapter.safetensors"
+                                     : "sk-adapter.safetensors";
+}
+
+void AdapterTrainOptions::validate() const {
+  auto bad = [](const std::string& m) { throw ConfigError(m); };
+  if (model.empty() || data.empty() || out.empty()) bad("training needs --model, --data and --out");
+  if (steps < 1) bad("--steps " + std::to_string(steps) + " must be >= 1");
+  if (batch < 1 || batch > 256) bad("--batch " + std::to_string(batch) + " must be in 1..256");
+  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr must be a positive number");
+  if (!(weight_decay >= 0) || !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !(eps > 0))
+    bad("AdamW settings out of range (weight decay >= 0, betas in [0, 1), eps > 0)");
+  if (resolution < 0 || resolution > 2048) bad("--resolution must be in 0..2048");
+  for (double p : {drop_text, drop_cond, drop_both})
+    if (!(p >= 0 && p <= 1)) bad("condition dropout probabilities must be in [0, 1]");
+  if (drop_text + drop_cond + drop_both > 1) bad("condition dropout probabilities sum to more than 1");
+  if (checkpoint_every < 0 || log_every < 0) bad("--checkpoint-every and --log-every must be >= 0");
+}
+
+namespace {
+
+// Everything a step needs about one training image, computed once.
+struct TrainSample {
+  at::Tensor latents;       // [C, h, w] diffusion space
+  at::Tensor text;          // [77, D] caption embedding
+  at::Tensor image_embeds;  // [D_img] (IP-Adapter)
+  int64_t style = -1;       // bank index (style)
+  world::Skeleton skeleton; // 2D (skeleton)
+};
+
+class AdapterTrainer {
+ public:
+  AdapterTrainer(const AdapterTrainOptions& o, const AdapterTrainCallbacks& cb) : o_(o), cb_(cb) {}
+
+  AdapterTrainResult run(SdModel* preloaded) {
+    o_.validate();
+    if (preloaded) model_ = *preloaded;
+    else load_model();
+    freeze_backbone();
+    load_data();
+    build_adapter();
+    TrainerOptions to;
+    to.name = adapter_kind_name(o_.kind);
+    to.steps = o_.steps;
+    to.lr = o_.lr;
+    to.cosine = false;  // constant learning rate after warm-up, as the IP-Adapter recipe
+    to.beta1 = o_.beta1;
+    to.beta2 = o_.beta2;
+    to.eps = o_.eps;
+    to.weight_decay = o_.weight_decay;
+    to.grad_clip = o_.grad_clip;
+    to.seed = o_.seed;
+    to.log_every = o_.log_every;
+    to.checkpoint_every = 0;  // checkpoints are written below, with the adapter files
+    to.checkpoint_dir = (fs::path(o_.out) / "checkpoint").string();
+    to.log = [this](const std::string& line) { note(line); };
+    Trainer trainer(named_trainable_parameters(*module_), to);
+    trainer.extra() = run_record();
+    AdapterTrainResult r;
+    if (o_.resume) {
+      if (!trainer.resume()) throw IoError(Trainer::state_path(to.checkpoint_dir) + ": no checkpoint to resume from");
+      check_resumable(trainer.extra());
+      r.start_step = static_cast<int>(trainer.current_step());
+    }
+    r.eval_loss_before = eval_loss();
+    while (!trainer.done()) {
+      if (cb_.progress.should_cancel && cb_.progress.should_cancel()) {
+        r.cancelled = true;
+        break;
+      }
+      const int64_t step = trainer.current_step();
+      r.losses.push_back(trainer.step(step_loss(step)));
+      cb_.progress.report(static_cast<int>(step + 1), o_.steps, "train");
+      if (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0 && !trainer.done()) save(trainer);
+    }
+    r.steps_done = static_cast<int>(trainer.current_step());
+    save(trainer);
+    r.eval_loss_after = eval_loss();
+    r.adapter_path = (fs::path(o_.out) / adapter_file_name(o_.kind)).string();
+    return r;
+  }
+
+ private:
+  void note(const std::string& s) const {
+    if (cb_.log) cb_.log(s);
+    else std::printf("%s\n", s.c_str());
+  }
+
+  void load_model() {
+    SdLoadOptions lo;
+    lo.device = o_.device;
+    lo.with_image_encoder = o_.kind == AdapterKind::IpAdapter;
+    model_ = SdModel::load(o_.model, lo);
+  }
+
+  // The backbone is frozen: no parameter of it takes a gradient (activations still do).
+  void freeze_backbone() {
+    if (o_.kind == AdapterKind::IpAdapter && !model_.image_encoder)
+      throw ConfigError(model_.source + ": IP-Adapter training needs the model's image encoder (image_encoder/)");
+    std::vector<torch::nn::Module*> parts = {model_.unet.get(), model_.vae.get(), model_.text_encoder.get()};
+    if (model_.image_encoder) parts.push_back(model_.image_encoder.get());
+    for (torch::nn::Module* m : parts)
+      for (auto& p : m->parameters()) p.set_requires_grad(false);
+    schedule_ = make_noise_schedule(parse_schedule_config(model_.scheduler_config, SchedulerKind::DDIM)).alphas_cumprod;
+  }
+
+  at::Tensor encode_text(const std::string& text) {
+    std::vector<int> ids = prompt_ids(model_, text, [this](const std::string& w) { note("warning: " + w); });
+    return encode_ids(model_.text_encoder,
+                      at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).unsqueeze(0).to(model_.device))[0];
+  }
+
+  void load_data() {
+    torch::NoGradGuard no_grad;
+    std::vector<world::DatasetEntry> entries = world::load_dataset(o_.data);
+    if (o_.kind == AdapterKind::Style) {  // the bank: the data's styles, in vocabulary order
+      for (world::Style s : world::all_styles())
+        for (const auto& e : entries)
+          if (e.style == s) {
+            styles_.push_back(world::name(s));
+            break;
+          }
+    }
+    int skipped = 0;
+    for (const auto& e : entries) {
+      if (o_.max_images > 0 && static_cast<int>(samples_.size()) >= o_.max_images) break;
+      if (o_.kind == AdapterKind::Skeleton && !e.skeleton) {
+        ++skipped;
+        continue;
+      }
+      TrainSample s;
+      Image img = to_rgb(load_image(e.image));
+      if (o_.resolution > 0 && (img.width != o_.resolution || img.height != o_.resolution))
+        img = resize_bicubic(img, o_.resolution, o_.resolution);
+      const at::Tensor pixels = image_to_tensor(img).to(model_.device);
+      s.latents = model_.vae->to_diffusion_space(model_.vae->encode(pixels).mean)[0];
+      s.text = encode_text(o_.kind == AdapterKind::Style ? e.caption : e.caption_with_style);
+      if (o_.kind == AdapterKind::IpAdapter) {
+        int h = 0, w = 0;
+        std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
+        const at::Tensor clip_in = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(model_.device);
+        s.image_embeds = model_.image_encoder->forward(clip_in).image_embeds[0];
+      } else if (o_.kind == AdapterKind::Style) {
+        s.style = std::find(styles_.begin(), styles_.end(), world::name(e.style)) - styles_.begin();
+      } else {
+        s.skeleton = skeleton_in_2d(*e.skeleton, nullptr, [this](const std::string& w) { note("warning: " + w); });
+      }
+      samples_.push_back(std::move(s));
+    }
+    if (samples_.empty())
+      throw ConfigError(o_.data + ": no usable training images" +
+                        (o_.kind == AdapterKind::Skeleton ? " (SK-Adapter training needs images with a skeleton)" : ""));
+    for (const auto& s : samples_)
+      if (s.latents.sizes() != samples_[0].latents.sizes())
+        throw ConfigError(o_.data + ": images of different sizes; pass --resolution to resize them");
+    empty_text_ = encode_text("");
+    note(std::to_string(samples_.size()) + " training images" +
+         (skipped ? " (" + std::to_string(skipped) + " without a skeleton skipped)" : "") + ", latents " +
+         shape_string(samples_[0].latents.sizes()));
+  }
+
+  void build_adapter() {
+    UNet2DCondition& unet = model_.unet;
+    at::manual_seed(o_.seed);  // the initial weights depend on the seed only (resume, tests)
+    if (o_.kind == AdapterKind::IpAdapter) {
+      IpAdapterConfig c;
+      c.image_dim = samples_[0].image_embeds.size(0);
+      c.cross_dim = unet->config().cross_attention_dim;
+      c.layer_dims = cross_attention_widths(unet, all_cross_attention_layers(unet));
+      ip_ = IpAdapter(c);
+      copy_layer_kv(unet, all_cross_attention_layers(unet), ip_->to_k_ip, ip_->to_v_ip);
+      ip_->to(model_.device);
+      module_ = ip_.ptr();
+    } else if (o_.kind == AdapterKind::Style) {
+      style_ = make_style_adapter(unet, styles_);
+      module_ = style_.ptr();
+    } else {
+      sk_ = make_skeleton_adapter(unet, default_joint_types());
+      module_ = sk_.ptr();
+    }
+    module_->train();
+    for (const auto& kv : module_->named_parameters(true)) trainable_.emplace_back(kv.key(), kv.value());
+  }
+
+  // The loss of step `step` (its batch, timesteps, noise and dropout depend on (seed, step) only).
+  at::Tensor step_loss(int64_t step) {
+    std::mt19937_64 rng(trainer_step_seed(o_.seed, step) ^ 0x5eedull);
+    const int B = o_.batch;
+    const auto N = static_cast<uint64_t>(samples_.size());
+    const int64_t T = schedule_.size(0);
+    std::vector<int64_t> idx(B), ts(B);
+    std::vector<bool> drop_text(B), drop_cond(B);
+    for (int b = 0; b < B; ++b) {
+      idx[b] = static_cast<int64_t>(rng() % N);
+      ts[b] = static_cast<int64_t>(rng() % static_cast<uint64_t>(T));
+      // [0, text) text only | [text, text + cond) condition only | [.., + both) both | rest: nothing
+      const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+      const double a = o_.drop_text, c = a + o_.drop_cond, both = c + o_.drop_both;
+      drop_text[b] = u < a || (u >= c && u < both);
+      drop_cond[b] = u >= a && u < both;
+    }
+    at::Generator gen = make_cpu_generator(trainer_step_seed(o_.seed, step));
+    return batch_loss(idx, ts, drop_text, drop_cond, gen);
+  }
+
+  // Epsilon-MSE of the UNet with the adapter stream on rows idx at timesteps ts.
+  at::Tensor batch_loss(const std::vector<int64_t>& idx, const std::vector<int64_t>& ts,
+                        const std::vector<bool>& drop_text, const std::vector<bool>& drop_cond, at::Generator& gen) {
+    const auto B = static_cast<int64_t>(idx.size());
+    std::vector<at::Tensor> x0, ctx;
+    for (int64_t b = 0; b < B; ++b) {
+      x0.push_back(samples_[idx[b]].latents);
+      ctx.push_back(drop_text[b] ? empty_text_ : samples_[idx[b]].text);
+    }
+    const at::Tensor latents = at::stack(x0);
+    const at::Tensor t = at::tensor(ts, at::kLong);
+    const at::Tensor noise = seeded_randn(latents.sizes(), gen, model_.device);
+    const at::Tensor acp = schedule_.index_select(0, t).to(model_.device).view({B, 1, 1, 1});
+    const at::Tensor noisy = acp.sqrt() * latents + (1 - acp).sqrt() * noise;
+    std::vector<bool> rows(B);
+    for (int64_t b = 0; b < B; ++b) rows[b] = !drop_cond[b];
+    attach(idx, rows);
+    struct Detach {
+      UNet2DCondition& unet;
+      ~Detach() {
+        detach_streams(unet, "ip_adapter.train");
+        detach_style(unet);
+        detach_skeleton(unet);
+      }
+    } detach{model_.unet};
+    const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
+    return at::mse_loss(pred, noise);
+  }
+
+  void attach(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
+    const auto B = static_cast<int64_t>(idx.size());
+    UNet2DCondition& unet = model_.unet;
+    if (o_.kind == AdapterKind::IpAdapter) {
+      std::vector<at::Tensor> e;  // a dropped image is zero image embeds (the unconditional branch)
+      for (int64_t b = 0; b < B; ++b)
+        e.push_back(rows[b] ? samples_[idx[b]].image_embeds : at::zeros_like(samples_[idx[b]].image_embeds));
+      attach_ip_adapter(ip_, unet, ip_->image_tokens(at::stack(e)), 1.0, {}, {}, "ip_adapter.train");
+    } else if (o_.kind == AdapterKind::Style) {
+      std::vector<int64_t> which;
+      for (int64_t b = 0; b < B; ++b) which.push_back(samples_[idx[b]].style);
+      const at::Tensor emb = style_->bank.index_select(0, at::tensor(which, at::kLong).to(style_->bank.device()));
+      attach_style(style_, unet, style_->style_tokens(emb), 1.0, rows);
+    } else {
+      std::vector<world::Skeleton> sk;
+      for (int64_t b = 0; b < B; ++b) sk.push_back(samples_[idx[b]].skeleton);
+      const SkeletonInputs in = skeleton_inputs(sk, sk_->config()).to(model_.device);
+      attach_skeleton(sk_, unet, sk_->encoder->forward(in), in.valid, 1.0, rows);
+    }
+  }
+
+  // Loss on fixed samples, timesteps and noise, nothing dropped: comparable across runs.
+  double eval_loss() {
+    torch::NoGradGuard no_grad;
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(samples_.size()), 8);
+    const int64_t T = schedule_.size(0);
+    std::vector<int64_t> idx, ts;
+    for (int64_t i = 0; i < n; ++i) {
+      idx.push_back(i);
+      ts.push_back((i + 1) * T / (n + 1));
+    }
+    at::Generator gen = make_cpu_generator(trainer_step_seed(o_.seed ^ 0xe7a1ull, -1));
+    module_->eval();
+    const double loss = batch_loss(idx, ts, std::vector<bool>(n, false), std::vector<bool>(n, false), gen).item<double>();
+    module_->train();
+    return loss;
+  }
+
+  // The settings that change what a step computes: a resumed run must use the same ones.
+  Json run_record() const {
+    return {{"kind", adapter_kind_name(o_.kind)}, {"batch", o_.batch},
+            {"resolution", o_.resolution},       {"max_images", o_.max_images},
+            {"drop", {o_.drop_text, o_.drop_cond, o_.drop_both}},
+            {"styles", styles_}};
+  }
+
+  void check_resumable(const Json& saved) const {
+    const Json now = run_record();
+    for (const auto& [key, value] : now.items())
+      if (saved.value(key, Json()) != value)
+        throw ConfigError(o_.out + "/checkpoint: \"" + key + "\" was " + saved.value(key, Json()).dump() + ", now " +
+                          value.dump() + "; resume with the same settings");
+  }
+
+  void save(const Trainer& trainer) {
+    trainer.save();
+    const std::string path = (fs::path(o_.out) / adapter_file_name(o_.kind)).string();
+    if (o_.kind == AdapterKind::IpAdapter) {
+      save_ip_adapter(ip_, path);
+    } else if (o_.kind == AdapterKind::Style) {
+      save_style_adapter(style_, path);
+      export_bank_styles(style_, (fs::path(o_.out) / "styles").string());
+    } else {
+      save_skeleton_adapter(sk_, path);
+    }
+    note("step " + std::to_string(trainer.current_step()) + ": wrote " + path);
+  }
+
+  AdapterTrainOptions o_;
+  AdapterTrainCallbacks cb_;
+  SdModel model_;
+  at::Tensor schedule_;  // alphas_cumprod [T]
+  std::vector<TrainSample> samples_;
+  at::Tensor empty_text_;
+  std::vector<std::string> styles_;
+  IpAdapter ip_{nullptr};
+  StyleAdapter style_{nullptr};
+  SkeletonAdapter sk_{nullptr};
+  std::shared_ptr<torch::nn::Module> module_;
+  std::vector<std::pair<std::string, at::Tensor>> trainable_;
+};
+
+}  // namespace
+
+AdapterTrainResult train_adapter(const AdapterTrainOptions& options, const AdapterTrainCallbacks& callbacks) {
+  return AdapterTrainer(options, callbacks).run(nullptr);
+}
+
+AdapterTrainResult train_adapter(SdModel& model, const AdapterTrainOptions& options,
+                                 const AdapterTrainCallbacks& callbacks) {
+  return AdapterTrainer(options, callbacks).run(&model);
+}
+
+}  // namespace iris

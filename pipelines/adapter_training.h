@@ -1,0 +1,92 @@
+#pragma once
+// Training the token-stream adapters with the diffusion backbone frozen (the papers' recipe):
+// IP-Adapter (image projection + to_k_ip / to_v_ip, initialised as copies of each attn2 layer's
+// to_k / to_v), PokeFusion style (style bank + projection + decoder style K/V) and SK-Adapter
+// (skeleton encoder + K/V). Loss: epsilon-prediction MSE on (image latents, caption, condition).
+//
+// Data: a Tinyworld dataset folder (world/dataset.h): images, captions, style labels, skeletons.
+//   IP-Adapter: condition = the image itself through the CLIP image encoder (the model folder
+//     needs image_encoder/); caption_with_style.
+//   style: condition = the sample's style label (bank: the styles present in the data); the
+//     caption WITHOUT the style phrase, so the style has to come from the style stream.
+//   skeleton: only samples with a skeleton; caption_with_style.
+// Latents (VAE mean), caption embeddings and image embeddings are computed once up front.
+//
+// Condition dropout for classifier-free guidance, per sample: text only (empty prompt),
+// condition only, or both, with the given probabilities. A dropped condition is what inference
+// uses for the unconditional branch: zero image embeds for IP-Adapter; the stream switched off
+// for style and skeleton.
+//
+// Determinism and resume: step s draws its batch, timesteps, noise and dropout from generators
+// seeded by (seed, s) only, and the shared Trainer (pipelines/trainer.h: AdamW, constant LR here,
+// gradient clipping) saves its state with the step, so N steps in one run and N in several resumed runs give the same weights bit for
+// bit (same build, same thread count).
+//
+// Output folder:
+//   ip-adapter.safetensors (original release layout) | style-adapter.safetensors +
+//   styles/<name>.safetensors | sk-adapter.safetensors  — written at every checkpoint and at the end
+//   checkpoint/trainer_state.safetensors (pipelines/trainer.h: parameters, AdamW moments, step;
+//   the data settings a resume must share in its "extra" record)
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/progress.h"
+#include "pipelines/sd_model.h"
+
+namespace iris {
+
+enum class AdapterKind { IpAdapter, Style, Skeleton };
+// "ip-adapter" | "style" | "sk-adapter" (or "skeleton"); ConfigError otherwise.
+AdapterKind parse_adapter_kind(const std::string& s);
+const char* adapter_kind_name(AdapterKind k);
+// The adapter file the trainer writes in the output folder.
+std::string adapter_file_name(AdapterKind k);
+
+struct AdapterTrainOptions {
+  AdapterKind kind = AdapterKind::Style;
+  std::string model;  // Stable Diffusion folder (frozen backbone)
+  std::string data;   // Tinyworld dataset folder
+  std::string out;    // output folder
+  int steps = 300;    // total steps (a resumed run continues up to this)
+  int batch = 4;
+  double lr = 1e-4, weight_decay = 0.01, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double grad_clip = 1.0;  // global gradient-norm clip (<= 0: off)
+  uint64_t seed = 0;
+  int resolution = 0;   // images resized to this square size (0: as stored)
+  int max_images = 0;   // use at most this many dataset images (0: all)
+  double drop_text = 0.05, drop_cond = 0.05, drop_both = 0.05;
+  int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
+  int log_every = 10;         // progress line every N steps (0: none)
+  bool resume = false;         // continue from out/checkpoint
+  std::string device = "cpu";
+
+  void validate() const;  // ConfigError naming the option
+};
+
+struct AdapterTrainCallbacks {
+  // Progress lines ("[style] step 10/300  loss ..."), data summary, checkpoints, warnings
+  // (default: stdout).
+  std::function<void(const std::string&)> log;
+  // Reports each step ("train"); should_cancel is polled between steps: the run saves a
+  // checkpoint and returns with `cancelled` set.
+  Progress progress;
+};
+
+struct AdapterTrainResult {
+  int start_step = 0, steps_done = 0;
+  bool cancelled = false;
+  std::vector<double> losses;          // per step of this run (with dropout, random timesteps)
+  double eval_loss_before = 0, eval_loss_after = 0;  // fixed samples, timesteps and noise
+  std::string adapter_path;
+};
+
+AdapterTrainResult train_adapter(const AdapterTrainOptions& options, const AdapterTrainCallbacks& callbacks = {});
+// The same on an already loaded model (options.model and options.device are not used). Its
+// parameters are set not to require gradients; they are never changed. IP-Adapter training
+// needs model.image_encoder (SdLoadOptions::with_image_encoder).
+AdapterTrainResult train_adapter(SdModel& model, const AdapterTrainOptions& options,
+                                 const AdapterTrainCallbacks& callbacks = {});
+
+}  // namespace iris

@@ -1,0 +1,170 @@
+#include "pipelines/vqa.h"
+
+#include <cstdio>
+#include <filesystem>
+
+#include <ATen/core/grad_mode.h>
+
+#include "core/checkpoint.h"
+#include "core/error.h"
+
+namespace fs = std::filesystem;
+
+namespace iris {
+
+namespace {
+
+// Text that may still change when more tokens come: a trailing U+FFFD is an incomplete
+// byte-fallback character (SentencePiece decodes a partial UTF-8 sequence to U+FFFD).
+size_t stable_prefix(const std::string& text) {
+  static const std::string kReplacement = "\xEF\xBF\xBD";
+  size_t n = text.size();
+  while (n >= kReplacement.size() && text.compare(n - kReplacement.size(), kReplacement.size(), kReplacement) == 0)
+    n -= kReplacement.size();
+  return n;
+}
+
+}  // namespace
+
+VqaModel VqaModel::load(const std::string& folder) {
+  if (!fs::exists(folder)) throw IoError(folder + ": no such model folder");
+  if (!fs::is_directory(folder))
+    throw CheckpointError(folder + ": a LLaVA model is a folder (config.json, model.safetensors, tokenizer.model)");
+  const std::string tok_path = (fs::path(folder) / "tokenizer.model").string();
+  if (!fs::is_regular_file(tok_path))
+    throw IoError(tok_path + ": missing (a LLaVA folder needs its SentencePiece tokenizer.model)");
+  VqaModel m{nullptr, SentencePieceTokenizer::load(tok_path), {}, {}, folder};  // tokenizer before any weight
+  const std::string cfg_path = (fs::path(folder) / "config.json").string();
+  if (!fs::is_regular_file(cfg_path)) throw IoError(cfg_path + ": missing (the model's config)");
+  const Json cfg = read_json_file(cfg_path);
+  const LlavaConfig lc = LlavaConfig::from_json(cfg, cfg_path);
+  if (static_cast<int64_t>(m.tokenizer.vocab_size()) > lc.text.vocab_size)
+    throw CheckpointError(tok_path + ": the tokenizer has " + std::to_string(m.tokenizer.vocab_size()) +
+                          " pieces, more than the language model's vocab_size " + std::to_string(lc.text.vocab_size) +
+                          " in " + cfg_path);
+  m.model = load_llava(folder);
+
+  const std::string pre_path = (fs::path(folder) / "preprocessor_config.json").string();
+  if (fs::is_regular_file(pre_path)) {
+    try {
+      m.preprocess = ClipPreprocessConfig::from_json(read_json_file(pre_path));
+    } catch (...) {
+      rethrow_with_context(pre_path);
+    }
+  } else {
+    const int size = static_cast<int>(lc.vision.image_size);
+    m.preprocess.shortest_edge = size;
+    m.preprocess.crop_h = m.preprocess.crop_w = size;
+  }
+  auto tmpl = cfg.find("chat_template");
+  // A plain "{question}" template; Jinja templates (other exporters) are not run here.
+  if (tmpl != cfg.end() && tmpl->is_string() && tmpl->get<std::string>().find("{%") == std::string::npos) {
+    try {
+      m.chat = ChatTemplate::parse(tmpl->get<std::string>());
+    } catch (...) {
+      rethrow_with_context(cfg_path);
+    }
+  }
+  return m;
+}
+
+std::string VqaModel::detokenize(const std::vector<int64_t>& ids) const {
+  std::vector<int> known;
+  known.reserve(ids.size());
+  const int64_t vocab = static_cast<int64_t>(tokenizer.vocab_size());
+  for (int64_t id : ids)
+    if (id >= 0 && id < vocab) known.push_back(static_cast<int>(id));
+  return tokenizer.decode(known);
+}
+
+std::string VqaStats::line() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "prompt tokens %lld, generated tokens %lld, prefill %.1f ms, decode %.1f tok/s, stop %s",
+                static_cast<long long>(prompt_tokens), static_cast<long long>(generated_tokens), prefill_ms,
+                decode_tokens_per_second, stop_reason_name(stop));
+  return buf;
+}
+
+std::vector<int64_t> vqa_prompt_ids(const VqaModel& m, const std::string& question, const VqaOptions& opt) {
+  const ChatTemplate chat = opt.chat_template.empty() ? m.chat : ChatTemplate::parse(opt.chat_template);
+  if (chat.image_count() != 1)
+    throw ConfigError("chat template \"" + chat.format + "\": must contain the image placeholder " +
+                      chat.image_placeholder + " exactly once (one image per question)");
+  const LlavaConfig& c = m.model->config();
+  const int64_t bos = c.text.bos_token_id >= 0 ? c.text.bos_token_id : m.tokenizer.bos_id();
+  return tokenize_with_images(m.tokenizer, chat.render(question), chat.image_placeholder, c.image_token_index, bos);
+}
+
+at::Tensor vqa_pixels(const VqaModel& m, const Image& image) {
+  int h = 0, w = 0;
+  std::vector<float> chw = clip_preprocess(to_rgb(image), m.preprocess, &h, &w);
+  const at::Tensor& weight = m.model->vision_tower->vision_model->embeddings->patch_embedding->weight;
+  return at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(weight.device());  // [1, 3, S, S]
+}
+
+VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt,
+              const TextCallback& on_text) {
+  const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
+  const at::Tensor pixels = vqa_pixels(m, image);
+
+  GenerateOptions g;
+  g.max_new_tokens = opt.max_new_tokens;
+  g.sampling = opt.sampling;
+  g.stop_strings = opt.stop_strings;
+  g.detokenize = [&m](const std::vector<int64_t>& t) { return m.detokenize(t); };
+
+  // Streaming: emit text once it can no longer change (held back while a byte-fallback
+  // character is incomplete, and never past a stop string).
+  std::vector<int64_t> so_far;
+  std::string emitted;
+  bool stopped = false;
+  auto emit_upto = [&](const std::string& text) {
+    const size_t n = stable_prefix(text);
+    if (n > emitted.size() && text.compare(0, emitted.size(), emitted) == 0) {
+      const std::string delta = text.substr(emitted.size(), n - emitted.size());
+      emitted = text.substr(0, n);
+      if (on_text && !stopped && !on_text(delta)) stopped = true;
+    }
+  };
+  TokenCallback on_token = [&](int64_t token, const std::string&) {
+    so_far.push_back(token);
+    std::string text = m.detokenize(so_far);
+    for (const std::string& s : opt.stop_strings) {
+      if (s.empty()) continue;
+      // Hold back anything that could be the start of a stop string.
+      const size_t cut = text.find(s);
+      if (cut != std::string::npos) text.resize(cut);
+      for (size_t k = std::min(s.size() - 1, text.size()); k > 0; --k)
+        if (text.compare(text.size() - k, k, s, 0, k) == 0) {
+          text.resize(text.size() - k);
+          break;
+        }
+    }
+    emit_upto(text);
+    return !stopped;
+  };
+
+  const GenerateResult r = llava_generate(m.model, ids, pixels, g, on_token);
+  if (!stopped && r.text.size() > emitted.size() && r.text.compare(0, emitted.size(), emitted) == 0 && on_text)
+    on_text(r.text.substr(emitted.size()));  // the rest, now final
+
+  VqaAnswer a;
+  a.text = r.text;
+  a.tokens = r.tokens;
+  a.stats.prompt_tokens = r.prompt_tokens;
+  a.stats.text_tokens = static_cast<int64_t>(ids.size());
+  a.stats.generated_tokens = static_cast<int64_t>(r.tokens.size());
+  a.stats.prefill_ms = r.prefill_ms;
+  a.stats.decode_tokens_per_second = r.decode_tokens_per_second();
+  a.stats.stop = r.stop;
+  return a;
+}
+
+VqaAnswer ask(VqaModel& m, const std::string& image_path, const std::string& question, const VqaOptions& opt,
+              const TextCallback& on_text) {
+  // The question first: an empty one fails before the image is read.
+  if (question.find_first_not_of(" \t\r\n\v\f") == std::string::npos) throw ConfigError("the question is empty");
+  return ask(m, load_image(image_path), question, opt, on_text);
+}
+
+}  // namespace iris

@@ -1,0 +1,77 @@
+#pragma once
+// Visual question answering with a LLaVA-1.5 folder: load the model, tokenizer and image
+// preprocessor once; then per question preprocess the image (CLIPImageProcessor), render the
+// chat template, tokenize (the <image> token spliced in), and generate with the sampler chain,
+// streaming text as it comes.
+//
+// A folder holds config.json, model.safetensors (or a sharded index), tokenizer.model
+// (SentencePiece) and optionally preprocessor_config.json (absent: resize the shortest side to
+// the tower's image_size and centre-crop to it, CLIP mean/std). config.json may carry
+// "chat_template" as a plain string with {question} (not a Jinja template) to replace
+// LLaVA-1.5's.
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/image.h"
+#include "core/sentencepiece.h"
+#include "vlm/chat_template.h"
+#include "vlm/llava.h"
+#include "vlm/sampling.h"
+
+namespace iris {
+
+struct VqaModel {
+  LlavaForConditionalGeneration model{nullptr};
+  SentencePieceTokenizer tokenizer;
+  ClipPreprocessConfig preprocess;
+  ChatTemplate chat;
+  std::string folder;
+
+  // Throws IoError / CheckpointError / ConfigError naming the folder and the missing or
+  // contradicting file/key. The tokenizer is checked first, before any weight is read.
+  static VqaModel load(const std::string& folder);
+  // ids -> text, ignoring ids outside the tokenizer's vocabulary (image token, padded rows).
+  std::string detokenize(const std::vector<int64_t>& ids) const;
+};
+
+struct VqaOptions {
+  int64_t max_new_tokens = 256;
+  SamplingParams sampling;                // temperature <= 0: greedy
+  std::vector<std::string> stop_strings;  // the answer is cut before the first one
+  std::string chat_template;              // empty: the model's (LLaVA-1.5 by default)
+};
+
+struct VqaStats {
+  int64_t prompt_tokens = 0;     // merged positions (text tokens + image features)
+  int64_t text_tokens = 0;       // tokenized prompt, <image> counted once
+  int64_t generated_tokens = 0;
+  double prefill_ms = 0;         // vision tower + projector + decoder prefill
+  double decode_tokens_per_second = 0;
+  StopReason stop = StopReason::MaxTokens;
+  // "prompt tokens 79, generated tokens 12, prefill 35.2 ms, decode 45.1 tok/s, stop eos"
+  std::string line() const;
+};
+
+struct VqaAnswer {
+  std::string text;
+  std::vector<int64_t> tokens;
+  VqaStats stats;
+};
+
+// Called with each piece of new text; return false to stop.
+using TextCallback = std::function<bool(const std::string& delta)>;
+
+// The prompt's token ids for a question (template rendered, <image> spliced, BOS first).
+std::vector<int64_t> vqa_prompt_ids(const VqaModel& m, const std::string& question, const VqaOptions& opt = {});
+// Image -> pixel_values [1, 3, S, S] for the tower.
+at::Tensor vqa_pixels(const VqaModel& m, const Image& image);
+
+VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt = {},
+              const TextCallback& on_text = nullptr);
+// Decodes the image file first (FormatError / IoError naming it).
+VqaAnswer ask(VqaModel& m, const std::string& image_path, const std::string& question, const VqaOptions& opt = {},
+              const TextCallback& on_text = nullptr);
+
+}  // namespace iris
