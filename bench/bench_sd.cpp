@@ -416,7 +416,10 @@ void txt2img_child(const std::string& dir, bool reference, int steps, const std:
   r["text_s"] = now_s() - t;
   // iris frees each part once its work is done, as `iris render` does (SdModel::release_after_use);
   // the reference keeps all three resident, as diffusers' pipeline does.
-  if (!reference) text = nullptr;
+  if (!reference) {
+    text = nullptr;
+    iris::release_free_memory();
+  }
   at::Tensor latents = at::randn({1, 4, 64, 64});
   std::unique_ptr<Plain> pu, pv;
   if (reference) {
@@ -433,7 +436,10 @@ void txt2img_child(const std::string& dir, bool reference, int steps, const std:
   }
   r["unet_s_per_step"] = (now_s() - t) / std::max(1, steps);
   r["hwm_after_unet_kb"] = proc_status_kb("VmHWM");
-  if (!reference) unet = nullptr;
+  if (!reference) {
+    unet = nullptr;
+    iris::release_free_memory();
+  }
   t = now_s();
   at::Tensor z = latents / 0.18215;
   at::Tensor img = reference ? plain_vae_decode(*vae, *pv, z) : vae->decode(z);

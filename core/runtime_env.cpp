@@ -3,7 +3,6 @@
 #include <malloc.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -12,7 +11,6 @@ namespace iris {
 
 namespace {
 constexpr const char* kHugePagesTunable = "glibc.malloc.hugetlb=1";
-std::atomic<bool> g_keep_freed{false};
 }  // namespace
 
 void ensure_passive_openmp(int /*argc*/, char** argv, bool huge_pages) {
@@ -37,11 +35,8 @@ void keep_freed_memory() {
   mallopt(M_MMAP_MAX, 0);               // big blocks from the heap, so that they can be reused
   mallopt(M_TRIM_THRESHOLD, 1 << 30);   // and never trimmed back between steps
   mallopt(M_TOP_PAD, 64 << 20);
-  g_keep_freed = true;
 }
 
-void release_free_memory() {
-  if (!g_keep_freed) malloc_trim(0);
-}
+void release_free_memory() { malloc_trim(0); }
 
 }  // namespace iris

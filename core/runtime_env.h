@@ -17,8 +17,10 @@ void ensure_passive_openmp(int argc, char** argv, bool huge_pages = false);
 // faulting fresh ones in. Peak RSS is unchanged; RSS no longer shrinks between steps.
 void keep_freed_memory();
 
-// Returns the free memory at the top of the heap to the system when keep_freed_memory() is
-// not in effect (with it, the freed blocks stay for the next allocations, which is the point).
+// Returns freed heap memory to the system (malloc_trim: the top of the heap and free pages
+// inside it), whatever keep_freed_memory() said. For the moment a whole model's weights are
+// dropped: the heap is fragmented by then, so the next phase's big activations would not fit
+// in the freed holes and would grow the heap on top of them.
 void release_free_memory();
 
 }  // namespace iris
