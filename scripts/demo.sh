@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Sets up everything and runs the main job. Until the starter pack lands (issues 5 and 9)
-# it shows the machinery: a checkpoint's contents, the parity checks against the reference
-# implementations, and a render through the full pipeline with a random-weight model in the
-# real diffusers layout (so the picture is noise, by construction).
+# Sets up everything and runs the main job: a checkpoint's contents, the parity checks against
+# the reference implementations, a render (with the starter pack when assets/ has it) and a
+# streamed VLM answer about it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,6 +12,16 @@ mkdir -p "$OUT"
 $IRIS --version
 $IRIS info "$FIXTURES/unet_sd15like_ldm.safetensors"
 $IRIS parity "$FIXTURES"/*.safetensors "$FIXTURES"/*.jsonl 2>/dev/null | grep -vE 'inter\.' || true
-[ -d "$OUT/random-sd" ] || $IRIS random-model "$OUT/random-sd" --tokenizer "$FIXTURES/data/clip_tokenizer"
-$IRIS render --model "$OUT/random-sd" --prompt "a small red circle at the top left" --steps 8 --size 64x64 \
+# The starter pack when it is there (scripts/train_starter_pack.sh), else a random-weight model
+# in the same layout (noise, by construction).
+if [ -f assets/starter/model_index.json ]; then
+  MODEL=assets/starter
+else
+  MODEL="$OUT/random-sd"
+  [ -d "$MODEL" ] || $IRIS random-model "$MODEL" --tokenizer "$FIXTURES/data/clip_tokenizer"
+fi
+$IRIS render --model "$MODEL" --prompt "a small red circle at the top left" --steps 20 --size 64x64 \
   --seed 42 -o "$OUT/render.png"
+# A VLM answer about that picture, streamed (a random-weight LLaVA until the VLM pack lands).
+[ -d "$OUT/random-llava" ] || $IRIS random-llava "$OUT/random-llava"
+$IRIS ask --model "$OUT/random-llava" --image "$OUT/render.png" "What is in the image?" --max-tokens 16
