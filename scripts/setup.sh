@@ -11,7 +11,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece  # only for the cross-check test and tokenizer training tool
   libgtest-dev libgmock-dev libbenchmark-dev
   clang-14 libclang-rt-14-dev         # libFuzzer targets
-  libimgui-dev libglfw3-dev xvfb      # iris-studio
+  libimgui-dev libglfw3-dev xvfb libgl1-mesa-dri   # iris-studio (Mesa software GL under Xvfb)
 )
 
 missing=()
