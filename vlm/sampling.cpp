@@ -253,6 +253,36 @@ class GradModeScope {
   std::unique_ptr<at::NoGradGuard> no_grad_;
 };
 
+}  // namespace
+
+bool TokenEmitter::emit(int64_t token) {
+  r_.tokens.push_back(token);
+  const bool is_eos = opt_.stop_at_eos && std::find(eos_.begin(), eos_.end(), token) != eos_.end();
+  std::string delta;
+  if (opt_.detokenize && !is_eos) {
+    const std::string now = opt_.detokenize(r_.tokens);
+    if (now.size() >= text_.size() && now.compare(0, text_.size(), text_) == 0) delta = now.substr(text_.size());
+    text_ = now;
+  }
+  if (!opt_.stop_strings.empty()) {
+    size_t cut = std::string::npos;
+    for (const std::string& s : opt_.stop_strings)
+      if (!s.empty()) cut = std::min(cut, text_.find(s));
+    if (cut != std::string::npos) {
+      const size_t before = text_.size() - delta.size();
+      delta = cut > before ? text_.substr(before, cut - before) : std::string();
+      text_.resize(cut);
+      r_.stop = StopReason::StopString;
+    }
+  }
+  if (on_token_ && !on_token_(token, delta) && r_.stop != StopReason::StopString) r_.stop = StopReason::Callback;
+  if (is_eos) r_.stop = StopReason::Eos;
+  r_.text = text_;
+  return r_.stop == StopReason::MaxTokens && static_cast<int64_t>(r_.tokens.size()) < opt_.max_new_tokens;
+}
+
+namespace {
+
 // The loop shared by generate(), generate_from() and generate_custom(): pick from `logits`,
 // advance, repeat.
 void decode_loop(LlamaForCausalLM& model, KVCache& cache, at::Tensor logits, const GenerateOptions& opt,
@@ -263,46 +293,20 @@ void decode_loop(LlamaForCausalLM& model, KVCache& cache, at::Tensor logits, con
   if (cache.batch() != 1) throw ConfigError("generate: batch 1 only (the cache has batch " + std::to_string(cache.batch()) + ")");
   const std::vector<int64_t>& eos = opt.eos_token_ids.empty() ? model->config().eos_token_ids : opt.eos_token_ids;
   std::vector<at::Tensor> kept;
-  std::string text;
+  TokenEmitter emitter(opt, eos, on_token, r);
   const auto t0 = Clock::now();
 
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     at::Tensor row = logits.reshape({-1});
     if (opt.keep_logits) kept.push_back(row.to(at::kCPU, at::kFloat).clone());
-    const int64_t token = pick(row);
-    r.tokens.push_back(token);
-    const bool is_eos = opt.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end();
-
-    std::string delta;
-    if (opt.detokenize && !is_eos) {
-      std::vector<int64_t> shown(r.tokens.begin(), r.tokens.end());
-      const std::string now = opt.detokenize(shown);
-      if (now.size() >= text.size() && now.compare(0, text.size(), text) == 0) delta = now.substr(text.size());
-      text = now;
-    }
-    if (!opt.stop_strings.empty()) {
-      size_t cut = std::string::npos;
-      for (const std::string& s : opt.stop_strings)
-        if (!s.empty()) cut = std::min(cut, text.find(s));
-      if (cut != std::string::npos) {
-        const size_t before = text.size() - delta.size();
-        delta = cut > before ? text.substr(before, cut - before) : std::string();
-        text.resize(cut);
-        r.stop = StopReason::StopString;
-      }
-    }
-    if (on_token && !on_token(token, delta) && r.stop != StopReason::StopString) r.stop = StopReason::Callback;
-    if (is_eos) r.stop = StopReason::Eos;
-    if (r.stop != StopReason::MaxTokens) break;
-    if (i + 1 == opt.max_new_tokens) break;  // no step for a token nobody reads
+    if (!emitter.emit(pick(row))) break;  // no step for a token nobody reads
     if (cache.remaining() < 1) {
       r.stop = StopReason::ContextFull;
       break;
     }
-    logits = advance(token);  // [V] or [1, V]
+    logits = advance(r.tokens.back());  // [V] or [1, V]
   }
   r.decode_ms = ms_since(t0);
-  r.text = text;
   if (opt.keep_logits && !kept.empty()) r.step_logits = at::stack(kept);
 }
 

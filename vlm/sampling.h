@@ -175,6 +175,26 @@ struct GenerateResult {
 // Return false to stop (StopReason::Callback).
 using TokenCallback = std::function<bool(int64_t token, const std::string& text_delta)>;
 
+// Hands generated tokens to the caller one at a time with the stop rules every decoding loop
+// shares (plain, SGRS, speculative: the last confirms several tokens per cycle): eos, stop
+// strings (the text is cut before them), the callback asking to stop, max_new_tokens. Keeps
+// r.tokens and r.text up to date.
+class TokenEmitter {
+ public:
+  TokenEmitter(const GenerateOptions& opt, const std::vector<int64_t>& eos, const TokenCallback& on_token,
+               GenerateResult& r)
+      : opt_(opt), eos_(eos), on_token_(on_token), r_(r) {}
+  // false: generation is over (r.stop says why, MaxTokens when the budget is spent).
+  bool emit(int64_t token);
+
+ private:
+  const GenerateOptions& opt_;
+  const std::vector<int64_t>& eos_;
+  const TokenCallback& on_token_;
+  GenerateResult& r_;
+  std::string text_;
+};
+
 // prompt (ids, BOS included if the model wants it) -> new tokens. Batch 1.
 GenerateResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt, const GenerateOptions& opt = {},
                         const TokenCallback& on_token = nullptr);

@@ -459,48 +459,6 @@ std::vector<double> target_probs(SamplerChain& sampler, const at::Tensor& logits
   return dense;
 }
 
-// Hands tokens to the caller as they are confirmed; stops on eos, stop strings, the callback
-// or max_new_tokens (the same rules as the plain loop).
-class TokenEmitter {
- public:
-  TokenEmitter(const GenerateOptions& opt, const std::vector<int64_t>& eos, const TokenCallback& on_token, GenerateResult& r)
-      : opt_(opt), eos_(eos), on_token_(on_token), r_(r) {}
-
-  // false: generation is over (r.stop says why).
-  bool emit(int64_t token) {
-    r_.tokens.push_back(token);
-    const bool is_eos = opt_.stop_at_eos && std::find(eos_.begin(), eos_.end(), token) != eos_.end();
-    std::string delta;
-    if (opt_.detokenize && !is_eos) {
-      const std::string now = opt_.detokenize(r_.tokens);
-      if (now.size() >= text_.size() && now.compare(0, text_.size(), text_) == 0) delta = now.substr(text_.size());
-      text_ = now;
-    }
-    if (!opt_.stop_strings.empty()) {
-      size_t cut = std::string::npos;
-      for (const std::string& s : opt_.stop_strings)
-        if (!s.empty()) cut = std::min(cut, text_.find(s));
-      if (cut != std::string::npos) {
-        const size_t before = text_.size() - delta.size();
-        delta = cut > before ? text_.substr(before, cut - before) : std::string();
-        text_.resize(cut);
-        r_.stop = StopReason::StopString;
-      }
-    }
-    if (on_token_ && !on_token_(token, delta) && r_.stop != StopReason::StopString) r_.stop = StopReason::Callback;
-    if (is_eos) r_.stop = StopReason::Eos;
-    r_.text = text_;
-    return r_.stop == StopReason::MaxTokens && static_cast<int64_t>(r_.tokens.size()) < opt_.max_new_tokens;
-  }
-
- private:
-  const GenerateOptions& opt_;
-  const std::vector<int64_t>& eos_;
-  const TokenCallback& on_token_;
-  GenerateResult& r_;
-  std::string text_;
-};
-
 void check_generate_options(const GenerateOptions& g, const char* what) {
   if (g.max_new_tokens < 0) throw ConfigError(std::string(what) + ": max_new_tokens must be >= 0");
   if (!g.stop_strings.empty() && !g.detokenize)
