@@ -53,6 +53,21 @@ Fixture open_fixture(const std::string& path) {
   throw FormatError(path + ": not a fixture (expected .safetensors or .jsonl)");
 }
 
+void report_outputs(const Fixture& fx, std::vector<ParityLine>& lines,
+                    const std::function<std::optional<ParityLine>(const std::string& key)>& line_for) {
+  for (const std::string& name : fx.store->names()) {
+    if (name.rfind("output.", 0) != 0) continue;
+    const std::string key = name.substr(7);
+    std::optional<ParityLine> line = line_for(key);
+    if (!line) {
+      line = ParityLine{};
+      line->name = key;
+      line->detail = "not produced by Iris";
+    }
+    lines.push_back(*line);
+  }
+}
+
 ParityLine compare(const std::string& name, const at::Tensor& got_in, const at::Tensor& want_in, double atol) {
   ParityLine line;
   line.name = name;

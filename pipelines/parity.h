@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,11 @@ Fixture open_fixture(const std::string& path);
 // Compares with the contract's tolerance: max |got - want| <= atol * max(1, max |want|).
 // Integer tensors must be equal.
 ParityLine compare(const std::string& name, const at::Tensor& got, const at::Tensor& want, double atol = 1e-4);
+
+// One line per "output.<key>" tensor of the fixture, in the fixture's order: line_for(key), or
+// a failing "not produced by Iris" line when it has none (an output Iris skipped must fail).
+void report_outputs(const Fixture& fx, std::vector<ParityLine>& lines,
+                    const std::function<std::optional<ParityLine>(const std::string& key)>& line_for);
 
 using ParityRunner = std::function<void(const Fixture&, std::vector<ParityLine>&)>;
 

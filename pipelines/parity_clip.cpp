@@ -29,19 +29,11 @@ void add_hidden_states(const std::vector<at::Tensor>& hs, Outputs& got) {
 }
 
 void compare_all(const Fixture& fx, const Outputs& got, std::vector<ParityLine>& lines) {
-  for (const std::string& name : fx.store->names()) {
-    if (name.rfind("output.", 0) != 0) continue;
-    const std::string key = name.substr(7);
+  report_outputs(fx, lines, [&](const std::string& key) -> std::optional<ParityLine> {
     auto it = got.find(key);
-    if (it == got.end()) {
-      ParityLine miss;
-      miss.name = key;
-      miss.detail = "not produced by Iris";
-      lines.push_back(miss);
-      continue;
-    }
-    lines.push_back(compare(key, it->second, fx.tensor(name)));
-  }
+    if (it == got.end()) return std::nullopt;
+    return compare(key, it->second, fx.tensor("output." + key));
+  });
 }
 
 // The early-stop path (what IP-Adapter Plus and LLaVA use): hidden_states[-2] computed alone

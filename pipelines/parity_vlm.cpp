@@ -42,19 +42,11 @@ LlamaForCausalLM build_model(const Fixture& fx) {
 }
 
 void emit(const Fixture& fx, Outputs& got, std::vector<ParityLine>& lines) {
-  for (const std::string& name : fx.store->names()) {
-    if (name.rfind("output.", 0) != 0) continue;
-    const std::string key = name.substr(7);
+  report_outputs(fx, lines, [&](const std::string& key) -> std::optional<ParityLine> {
     auto it = got.find(key);
-    if (it == got.end()) {
-      ParityLine miss;
-      miss.name = key;
-      miss.detail = "not produced by Iris";
-      lines.push_back(miss);
-      continue;
-    }
-    lines.push_back(it->second);
-  }
+    if (it == got.end()) return std::nullopt;
+    return it->second;
+  });
   // Extra checks beyond the fixture's own outputs (named with a parenthesis).
   for (auto& [key, line] : got)
     if (!fx.has("output." + key)) lines.push_back(line);

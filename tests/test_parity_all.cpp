@@ -39,3 +39,27 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ParityAll, ::testing::ValuesIn(fixture_files(
                              if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
                            return n;
                          });
+
+// An output the runner did not produce is a failing line, never silently dropped.
+TEST(ParityReport, OutputsIrisDidNotProduceFail) {
+  const Fixture fx = open_fixture(std::string(IRIS_FIXTURES_DIR) + "/clip_text.safetensors");
+  std::vector<ParityLine> lines;
+  size_t outputs = 0;
+  for (const std::string& name : fx.store->names()) outputs += name.rfind("output.", 0) == 0;
+  ASSERT_GT(outputs, 1u);
+  bool first = true;
+  report_outputs(fx, lines, [&](const std::string& key) -> std::optional<ParityLine> {
+    if (!first) return std::nullopt;
+    first = false;
+    ParityLine ok;
+    ok.name = key;
+    ok.pass = true;
+    return ok;
+  });
+  ASSERT_EQ(lines.size(), outputs);
+  EXPECT_TRUE(lines[0].pass);
+  for (size_t i = 1; i < lines.size(); ++i) {
+    EXPECT_FALSE(lines[i].pass) << lines[i].name;
+    EXPECT_EQ(lines[i].detail, "not produced by Iris");
+  }
+}
