@@ -30,11 +30,16 @@ void add_random_model_command(CLI::App& app);
 void add_ask_command(CLI::App& app);           // iris ask (LLaVA visual question answering)
 void add_random_llava_command(CLI::App& app);  // iris random-llava (a tiny random LLaVA folder)
 void add_train_draft_command(CLI::App& app);  // iris train draft (ViSpec)
+void add_train_visor_command(CLI::App& app);  // iris train visor (VISOR from a LLaVA folder)
+void add_train_vlm_command(CLI::App& app);    // iris train vlm (the starter pack's VLM)
 void add_train_adapters_command(CLI::App& app);  // iris train ip-adapter | style | sk-adapter
+void add_train_spm_command(CLI::App& app);  // iris train spm (SentencePiece BPE tokenizer)
 void add_starter_commands(CLI::App& app);  // iris train tokenizer | vae | clip | unet; iris world export
 void add_eval_diffusion_command(CLI::App& app);  // iris eval diffusion
+void add_eval_vlm_command(CLI::App& app);  // iris eval vlm
 void add_batch_command(CLI::App& app);  // iris batch JOBS.jsonl --out DIR
 void add_vlm_command(CLI::App& app);  // iris vlm sinks
+void add_showcase_command(CLI::App& app);  // iris showcase (the pack's labelled grid)
 
 // `iris train`: the parent of every trainer (`iris train vae`, `iris train style`, ...). Created
 // on first use; each trainer's file adds its own subcommand to it.

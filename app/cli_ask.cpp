@@ -1,4 +1,5 @@
-// iris ask: visual question answering with a LLaVA-1.5 folder, streaming the answer.
+// iris ask: visual question answering with a LLaVA-1.5 folder (or a VISOR one: --visor-budget),
+// streaming the answer.
 // iris random-llava: a tiny random LLaVA folder (config, weights, tokenizer) for tests.
 #include <cstdio>
 #include <string>
@@ -6,7 +7,9 @@
 
 #include "app/cli.h"
 #include "core/error.h"
+#include "core/image.h"
 #include "pipelines/random_model.h"
+#include "pipelines/visor_vqa.h"
 #include "pipelines/vqa.h"
 
 namespace iris::cli {
@@ -27,12 +30,36 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
+// --visor-budget: "auto" (-1, the router) or a budget >= 0; "" = not given.
+int64_t parse_visor_budget(const std::string& s) {
+  if (s.empty() || s == "auto") return -1;
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(s, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used != s.size() || v < 0) throw ConfigError("--visor-budget " + s + ": expected auto or a budget 0..N");
+  return v;
+}
+
+// The LLaVA path's visual FLOPs for the stats line (every layer over the image tokens).
+std::string llava_flops_line(VqaModel& m, const std::string& question, const VqaOptions& v, const VqaAnswer& a) {
+  const LlavaConfig& c = m.model->config();
+  const VisualWorkload w = visual_workload(vqa_prompt_ids(m, question, v), c.image_token_index,
+                                           c.image_feature_tokens(), static_cast<int64_t>(a.tokens.size()));
+  return llava_visual_flops(c.text, w).line();
+}
+
 }  // namespace
 
 void add_ask_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("ask", "Answer a question about an image with a LLaVA-1.5 model");
   struct Opts {
-    std::string model, image, question, chat_template;
+    std::string model, image, question, chat_template, visor_budget, draft;
+    int64_t draft_chain = 0;
+    bool compare = false;
     VqaOptions v;
     std::vector<std::string> stops;
   };
@@ -51,6 +78,12 @@ void add_ask_command(CLI::App& app) {
   cmd->add_option("--template", o->chat_template,
                   "Chat template with {question} and <image> (\\n for newlines); default LLaVA-1.5's "
                   "\"USER: <image>\\n{question} ASSISTANT:\"");
+  cmd->add_option("--visor-budget", o->visor_budget,
+                  "VISOR folders: auto (the router picks) or 0..N self-attention layers on (default auto)");
+  cmd->add_option("--draft", o->draft, "ViSpec draft folder (iris train draft): speculative decoding, same output");
+  cmd->add_option("--draft-chain", o->draft_chain, "Draft a chain of K tokens per cycle (0: an EAGLE-2 dynamic tree)")
+      ->capture_default_str();
+  cmd->add_flag("--compare", o->compare, "With --draft: also decode plainly and report the speedup and whether the outputs match");
   cmd->callback([o] {
     if (o->v.max_new_tokens < 1) throw ConfigError("--max-tokens " + std::to_string(o->v.max_new_tokens) + ": must be >= 1");
     if (o->question.find_first_not_of(" \t\r\n") == std::string::npos) throw ConfigError("the question is empty");
@@ -58,13 +91,43 @@ void add_ask_command(CLI::App& app) {
     v.stop_strings = o->stops;
     v.chat_template = unescape(o->chat_template);
     make_sampler(v.sampling);  // option errors before the model loads
-    VqaModel m = VqaModel::load(o->model);
-    const VqaAnswer a = ask(m, o->image, o->question, v, [](const std::string& delta) {
+    const int64_t budget = parse_visor_budget(o->visor_budget);
+    const TextCallback print = [](const std::string& delta) {
       std::fputs(delta.c_str(), stdout);
       std::fflush(stdout);
       return true;
-    });
-    std::printf("\n%s\n", a.stats.line().c_str());
+    };
+    if (is_visor_folder(o->model)) {
+      if (!o->draft.empty())
+        throw ConfigError("--draft: speculative decoding runs on LLaVA folders; " + o->model + " is a VISOR folder");
+      VisorModel m = VisorModel::load(o->model);
+      if (budget > m.visor->max_budget())
+        throw ConfigError("--visor-budget " + o->visor_budget + ": this model's budgets are 0.." +
+                          std::to_string(m.visor->max_budget()) + " (or auto)");
+      VisorAskOptions vo;
+      vo.vqa = v;
+      vo.budget = budget;
+      const VisorAnswer a = visor_ask(m, o->image, o->question, vo, print);
+      std::printf("\n%s, %s\n", a.answer.stats.line().c_str(), a.line().c_str());
+      return;
+    }
+    if (!o->visor_budget.empty())
+      throw ConfigError("--visor-budget: " + o->model + " is a LLaVA folder, not a VISOR one (iris train visor makes one)");
+    if (o->draft_chain < 0) throw ConfigError("--draft-chain " + std::to_string(o->draft_chain) + ": must be >= 0");
+    if (o->draft.empty() && o->compare) throw ConfigError("--compare needs --draft");
+    VqaModel m = VqaModel::load(o->model);
+    if (!o->draft.empty()) {
+      VispecDraft draft = load_vispec_draft(o->draft);
+      draft->attach(m.model->language_model);  // a draft for another model fails here, before decoding
+      SpeculativeAskOptions so;
+      if (o->draft_chain > 0) so.tree = DraftTreeOptions::chain(o->draft_chain);
+      so.compare = o->compare;
+      const SpeculativeAnswer a = ask_speculative(m, draft, load_image(o->image), o->question, v, so, print);
+      std::printf("\n%s\n%s\n", a.answer.stats.line().c_str(), a.line().c_str());
+      return;
+    }
+    const VqaAnswer a = ask(m, o->image, o->question, v, print);
+    std::printf("\n%s, %s\n", a.stats.line().c_str(), llava_flops_line(m, o->question, v, a).c_str());
   });
 }
 

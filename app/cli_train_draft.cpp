@@ -9,7 +9,12 @@
 
 #include "app/cli.h"
 #include "core/sentencepiece.h"
+#include "core/error.h"
+#include "core/json_util.h"
 #include "pipelines/draft_training.h"
+#include "pipelines/vqa.h"
+#include "world/dataset.h"
+#include "world/render.h"
 
 namespace iris::cli {
 
@@ -18,6 +23,7 @@ namespace {
 struct TrainDraftArgs {
   std::string target, data, out, init;
   int64_t steps = 2000, batch = 4, answer_tokens = 128, mtp_steps = 2, num_q = 2, eval_prompts = 8;
+  int64_t scenes = 256;  // LLaVA targets: Tinyworld training scenes described by the target
   double lr = 3e-4, noise = 0.1;
   uint64_t seed = 0;
   bool text_only = false;
@@ -28,8 +34,95 @@ void print_evaluation(const char* when, const DraftEvaluation& e) {
               static_cast<long long>(e.cycles), static_cast<long long>(e.tokens));
 }
 
+bool is_llava_folder(const std::string& folder) {
+  const std::filesystem::path cfg = std::filesystem::path(folder) / "config.json";
+  if (!std::filesystem::exists(cfg)) return false;
+  const Json j = read_json_file(cfg.string());
+  return j.is_object() && j.contains("text_config");
+}
+
+// Prompts for a LLaVA target: each Tinyworld training scene's render with "Describe the image."
+// (the long answers speculative decoding is for), as the target's merged input embeddings.
+std::vector<EmbedsPrompt> tinyworld_describe_prompts(VqaModel& m, int64_t count, uint64_t base_seed) {
+  world::DatasetOptions d;
+  d.base_seed = base_seed;
+  d.count = static_cast<int>(count);
+  d.split = world::Split::Train;
+  std::vector<EmbedsPrompt> out;
+  for (uint64_t seed : world::split_seeds(d)) {
+    const world::Sample sample = world::make_sample(seed, d);
+    const LlavaMerged merged = vqa_merged_prompt(m, world::render_scene(sample.scene), "Describe the image.");
+    out.push_back({merged.inputs_embeds, merged.image_mask});
+  }
+  return out;
+}
+
+void print_speed(const char* when, const SpeedEvaluation& e) {
+  std::printf("%s: tau %.2f accepted draft tokens per cycle (%lld cycles, %lld tokens); speculative %.0f ms vs plain "
+              "%.0f ms: %.2fx; %lld/%lld outputs identical\n",
+              when, e.draft.tau, static_cast<long long>(e.draft.cycles), static_cast<long long>(e.draft.tokens),
+              e.speculative_ms, e.plain_ms, e.speedup(), static_cast<long long>(e.identical),
+              static_cast<long long>(e.prompts));
+}
+
+// A draft for a LLaVA folder's language model, trained on its descriptions of Tinyworld scenes.
+void run_train_llava_draft(const TrainDraftArgs& a) {
+  VqaModel m = VqaModel::load(a.target);
+  LlamaForCausalLM& target = m.model->language_model;
+  VispecDraft draft{nullptr};
+  if (!a.init.empty()) {
+    draft = load_vispec_draft(a.init);
+  } else {
+    draft = VispecDraft(VispecConfig::for_target(target->config(), a.num_q, !a.text_only));
+    draft->init_weights(a.seed);
+  }
+  draft->attach(target);
+
+  std::printf("describing %lld Tinyworld scenes with the target (up to %lld tokens each)\n",
+              static_cast<long long>(a.scenes), static_cast<long long>(a.answer_tokens));
+  const std::vector<EmbedsPrompt> prompts = tinyworld_describe_prompts(m, a.scenes + a.eval_prompts, a.seed + 1);
+  std::vector<DraftExample> data;
+  for (int64_t i = 0; i < a.scenes; ++i) {
+    data.push_back(make_draft_example(target, prompts[i].embeds, prompts[i].image_mask, a.answer_tokens));
+    std::printf("\r  %lld/%lld", static_cast<long long>(i + 1), static_cast<long long>(a.scenes));
+    std::fflush(stdout);
+  }
+  std::printf("\n");
+  // Held-out prompts for the before/after measurement: scenes after the training ones.
+  const std::vector<EmbedsPrompt> eval_prompts(prompts.begin() + a.scenes, prompts.end());
+  SpeculativeOptions eval;
+  eval.generate.max_new_tokens = a.answer_tokens;
+
+  DraftTrainOptions o;
+  o.trainer.name = "draft";
+  o.trainer.steps = a.steps;
+  o.trainer.lr = a.lr;
+  o.trainer.beta2 = 0.95;
+  o.trainer.grad_clip = 0.5;
+  o.trainer.warmup_steps = std::min<int64_t>(100, a.steps / 10);
+  o.trainer.seed = a.seed;
+  o.trainer.checkpoint_dir = a.out;
+  o.trainer.checkpoint_every = 250;
+  o.batch = a.batch;
+  o.loss.mtp_steps = a.mtp_steps;
+  o.loss.noise = a.noise;
+  train_draft(target, draft, data, o);
+  save_vispec_draft(draft, a.out);
+  std::printf("saved the draft to %s\n", a.out.c_str());
+  if (!eval_prompts.empty()) {
+    print_speed("chain of 4", [&] {
+      SpeculativeOptions c = eval;
+      c.tree = DraftTreeOptions::chain(4);
+      return evaluate_draft_speed(target, draft, eval_prompts, c);
+    }());
+    print_speed("EAGLE-2 tree", evaluate_draft_speed(target, draft, eval_prompts, eval));
+  }
+}
+
 void run_train_draft(const TrainDraftArgs& a) {
   namespace fs = std::filesystem;
+  if (is_llava_folder(a.target)) return run_train_llava_draft(a);
+  if (a.data.empty()) throw ConfigError("--data: a prompt file is needed for a text-only target (" + a.target + ")");
   LlamaForCausalLM target = load_llama(a.target);
   std::unique_ptr<SentencePieceTokenizer> tok;
   const fs::path spm = fs::path(a.target) / "tokenizer.model";
@@ -94,9 +187,11 @@ void run_train_draft(const TrainDraftArgs& a) {
 void add_train_draft_command(CLI::App& app) {
   auto args = std::make_shared<TrainDraftArgs>();
   CLI::App* cmd = train_command(app)->add_subcommand(
-      "draft", "Train a ViSpec draft model (speculative decoding) against a frozen LLaMA target");
+      "draft", "Train a ViSpec draft model (speculative decoding) against a frozen LLaMA or LLaVA target");
   cmd->add_option("--target", args->target, "Target model folder (config.json + safetensors)")->required();
-  cmd->add_option("--data", args->data, "prompts.jsonl: {\"prompt\": text} or {\"ids\": [..]} per line")->required();
+  cmd->add_option("--data", args->data, "prompts.jsonl: {\"prompt\": text} or {\"ids\": [..]} per line (LLaMA targets)");
+  cmd->add_option("--scenes", args->scenes, "LLaVA targets: Tinyworld scenes the target describes for training")
+      ->capture_default_str();
   cmd->add_option("--out", args->out, "Draft folder to write (the training state is kept there; a rerun resumes it)")->required();
   cmd->add_option("--init", args->init, "Start from this draft folder instead of random weights");
   cmd->add_option("--steps", args->steps, "Optimizer steps")->capture_default_str();

@@ -24,11 +24,16 @@ int main(int argc, char** argv) {
   iris::cli::add_ask_command(app);
   iris::cli::add_random_llava_command(app);
   iris::cli::add_train_draft_command(app);
+  iris::cli::add_train_visor_command(app);
+  iris::cli::add_train_vlm_command(app);
   iris::cli::add_train_adapters_command(app);
+  iris::cli::add_train_spm_command(app);
   iris::cli::add_starter_commands(app);
   iris::cli::add_eval_diffusion_command(app);
+  iris::cli::add_eval_vlm_command(app);
   iris::cli::add_batch_command(app);
   iris::cli::add_vlm_command(app);
+  iris::cli::add_showcase_command(app);
   try {
     // Subcommand callbacks run inside parse(); their exceptions arrive here.
     app.parse(argc, argv);

@@ -28,7 +28,7 @@ void ProgressBar::update(int step, int total, const std::string& stage) {
     const int decile = total > 0 ? step * 10 / total : 10;
     if (decile == last_decile_) return;
     last_decile_ = decile;
-    std::fprintf(stderr, "%s %d/%d  %.2f s/it\n", stage.c_str(), step, total, per);
+    std::fprintf(stderr, "%s %d/%d  %.2f s/it  ETA %.0f s\n", stage.c_str(), step, total, per, eta);
   }
   std::fflush(stderr);
 }

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
+#include <dlfcn.h>
 
 #include <thread>
 
@@ -12,6 +13,11 @@ namespace iris {
 void set_threads(int n) {
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
+  // LibTorch's GEMMs run on OpenBLAS where it is the BLAS (Debian), whose own thread pool
+  // at::set_num_threads does not size: left at all cores, its idle threads spin (sched_yield)
+  // while another process owns the CPU. Looked up at run time: other BLAS builds lack it.
+  using SetThreads = void (*)(int);
+  if (auto* f = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(n);
 }
 
 int get_threads() { return at::get_num_threads(); }

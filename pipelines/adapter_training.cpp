@@ -138,7 +138,9 @@ class AdapterTrainer {
     if (model_.image_encoder) parts.push_back(model_.image_encoder.get());
     for (torch::nn::Module* m : parts)
       for (auto& p : m->parameters()) p.set_requires_grad(false);
-    schedule_ = make_noise_schedule(parse_schedule_config(model_.scheduler_config, SchedulerKind::DDIM)).alphas_cumprod;
+    const ScheduleConfig sc = parse_schedule_config(model_.scheduler_config, SchedulerKind::DDIM);
+    schedule_ = make_noise_schedule(sc).alphas_cumprod;
+    prediction_ = sc.prediction_type;
   }
 
   at::Tensor encode_text(const std::string& text) {
@@ -240,7 +242,8 @@ class AdapterTrainer {
     return batch_loss(idx, ts, drop_text, drop_cond, gen);
   }
 
-  // Epsilon-MSE of the UNet with the adapter stream on rows idx at timesteps ts.
+  // MSE of the UNet with the adapter stream on rows idx at timesteps ts, against the target the
+  // backbone was trained to predict (eps, v = sqrt(acp) eps - sqrt(1 - acp) x0, or x0).
   at::Tensor batch_loss(const std::vector<int64_t>& idx, const std::vector<int64_t>& ts,
                         const std::vector<bool>& drop_text, const std::vector<bool>& drop_cond, at::Generator& gen) {
     const auto B = static_cast<int64_t>(idx.size());
@@ -266,7 +269,10 @@ class AdapterTrainer {
       }
     } detach{model_.unet};
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
-    return at::mse_loss(pred, noise);
+    const at::Tensor target = prediction_ == PredictionType::VPrediction ? acp.sqrt() * noise - (1 - acp).sqrt() * latents
+                              : prediction_ == PredictionType::Sample    ? latents
+                                                                         : noise;
+    return at::mse_loss(pred, target);
   }
 
   void attach(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
@@ -341,6 +347,7 @@ class AdapterTrainer {
   AdapterTrainCallbacks cb_;
   SdModel model_;
   at::Tensor schedule_;  // alphas_cumprod [T]
+  PredictionType prediction_ = PredictionType::Epsilon;  // the backbone's (scheduler config)
   std::vector<TrainSample> samples_;
   at::Tensor empty_text_;
   std::vector<std::string> styles_;

@@ -2,7 +2,8 @@
 // Training the token-stream adapters with the diffusion backbone frozen (the papers' recipe):
 // IP-Adapter (image projection + to_k_ip / to_v_ip, initialised as copies of each attn2 layer's
 // to_k / to_v), PokeFusion style (style bank + projection + decoder style K/V) and SK-Adapter
-// (skeleton encoder + K/V). Loss: epsilon-prediction MSE on (image latents, caption, condition).
+// (skeleton encoder + K/V). Loss: MSE against the backbone's prediction target (eps, v or x0, from
+// its scheduler config) on (image latents, caption, condition).
 //
 // Data: a Tinyworld dataset folder (world/dataset.h): images, captions, style labels, skeletons.
 //   IP-Adapter: condition = the image itself through the CLIP image encoder (the model folder

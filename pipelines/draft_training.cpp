@@ -1,5 +1,6 @@
 #include "pipelines/draft_training.h"
 
+#include <chrono>
 #include <fstream>
 
 #include <ATen/core/grad_mode.h>
@@ -164,6 +165,30 @@ DraftEvaluation evaluate_draft(LlamaForCausalLM& target, VispecDraft& draft,
     e.tokens += static_cast<int64_t>(r.result.tokens.size());
   }
   e.tau = e.cycles ? static_cast<double>(accepted) / e.cycles : 0.0;
+  return e;
+}
+
+SpeedEvaluation evaluate_draft_speed(LlamaForCausalLM& target, VispecDraft& draft,
+                                     const std::vector<EmbedsPrompt>& prompts, const SpeculativeOptions& opt) {
+  SpeedEvaluation e;
+  int64_t accepted = 0;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  for (const EmbedsPrompt& p : prompts) {
+    const auto t0 = now();
+    const SpeculativeResult r = speculative_generate(target, draft, p.embeds, p.image_mask, opt);
+    const auto t1 = now();
+    const GenerateResult plain = plain_generate(target, p.embeds, p.image_mask, opt.generate);
+    const auto t2 = now();
+    e.speculative_ms += ms(t0, t1);
+    e.plain_ms += ms(t1, t2);
+    accepted += r.stats.accepted;
+    e.draft.cycles += r.stats.cycles;
+    e.draft.tokens += static_cast<int64_t>(r.result.tokens.size());
+    e.identical += plain.tokens == r.result.tokens;
+    ++e.prompts;
+  }
+  e.draft.tau = e.draft.cycles ? static_cast<double>(accepted) / e.draft.cycles : 0.0;
   return e;
 }
 

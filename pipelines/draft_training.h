@@ -76,6 +76,22 @@ struct DraftEvaluation {
 DraftEvaluation evaluate_draft(LlamaForCausalLM& target, VispecDraft& draft,
                                const std::vector<std::vector<int64_t>>& prompts, const SpeculativeOptions& opt);
 
+// A prompt as the target's input embeddings (LLaVA: image features spliced in).
+struct EmbedsPrompt {
+  at::Tensor embeds;      // [1, L, H]
+  at::Tensor image_mask;  // [1, L] bool, or undefined
+};
+// τ over embedding prompts, and the speedup against plain decoding of the same prompts in the
+// same process (wall clock of generation, prefill included on both sides).
+struct SpeedEvaluation {
+  DraftEvaluation draft;
+  double speculative_ms = 0, plain_ms = 0;
+  int64_t identical = 0, prompts = 0;  // greedy outputs equal to plain decoding's
+  double speedup() const { return speculative_ms > 0 ? plain_ms / speculative_ms : 0.0; }
+};
+SpeedEvaluation evaluate_draft_speed(LlamaForCausalLM& target, VispecDraft& draft,
+                                     const std::vector<EmbedsPrompt>& prompts, const SpeculativeOptions& opt);
+
 // prompts.jsonl: one JSON object per line, {"ids": [..]} or {"prompt": "text"} (tokenized with
 // `encode`, which may be empty when every line has ids). Blank lines are skipped. FormatError
 // naming the file and line.

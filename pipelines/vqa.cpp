@@ -1,9 +1,11 @@
 #include "pipelines/vqa.h"
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 
 #include <ATen/core/grad_mode.h>
+#include <c10/core/InferenceMode.h>
 
 #include "core/checkpoint.h"
 #include "core/error.h"
@@ -102,11 +104,25 @@ at::Tensor vqa_pixels(const VqaModel& m, const Image& image) {
   return at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(weight.device());  // [1, 3, S, S]
 }
 
+LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt) {
+  c10::InferenceMode inference;
+  const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
+  const at::Tensor pixels = vqa_pixels(m, image);
+  const at::Tensor input_ids = at::tensor(ids, at::kLong).unsqueeze(0).to(pixels.device());  // [1, L]
+  return m.model->merge(input_ids, m.model->image_features(pixels));
+}
+
 VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt,
               const TextCallback& on_text) {
   const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
   const at::Tensor pixels = vqa_pixels(m, image);
+  return ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
+    return llava_generate(m.model, ids, pixels, g, on_token);
+  }, on_text);
+}
 
+VqaAnswer ask_with(VqaModel& m, const std::vector<int64_t>& ids, const VqaOptions& opt, const VqaGenerateFn& generate,
+                   const TextCallback& on_text) {
   GenerateOptions g;
   g.max_new_tokens = opt.max_new_tokens;
   g.sampling = opt.sampling;
@@ -144,7 +160,7 @@ VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, cons
     return !stopped;
   };
 
-  const GenerateResult r = llava_generate(m.model, ids, pixels, g, on_token);
+  const GenerateResult r = generate(g, on_token);
   if (!stopped && r.text.size() > emitted.size() && r.text.compare(0, emitted.size(), emitted) == 0 && on_text)
     on_text(r.text.substr(emitted.size()));  // the rest, now final
 
@@ -165,6 +181,58 @@ VqaAnswer ask(VqaModel& m, const std::string& image_path, const std::string& que
   // The question first: an empty one fails before the image is read.
   if (question.find_first_not_of(" \t\r\n\v\f") == std::string::npos) throw ConfigError("the question is empty");
   return ask(m, load_image(image_path), question, opt, on_text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Speculative decoding (ViSpec)
+
+std::string SpeculativeAnswer::line() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "ViSpec: tau %.2f accepted draft tokens per cycle, %lld cycles, %lld target forwards",
+                stats.tau(), static_cast<long long>(stats.cycles), static_cast<long long>(stats.target_forwards));
+  std::string s = buf;
+  if (compared) {
+    std::snprintf(buf, sizeof(buf), "; plain decoding %.1f ms, speculative %.1f ms: %.2fx, output %s", plain_ms,
+                  speculative_ms, speculative_ms > 0 ? plain_ms / speculative_ms : 0.0,
+                  identical ? "identical" : "DIFFERENT");
+    s += buf;
+  }
+  return s;
+}
+
+SpeculativeAnswer ask_speculative(VqaModel& m, VispecDraft& draft, const Image& image, const std::string& question,
+                                  const VqaOptions& opt, const SpeculativeAskOptions& so, const TextCallback& on_text) {
+  so.tree.validate();
+  if (!draft->attached()) draft->attach(m.model->language_model);  // ConfigError when it does not fit
+  const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
+  const LlavaMerged prompt = vqa_merged_prompt(m, image, question, opt);
+  SpeculativeAnswer out;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  const auto t0 = now();
+  out.answer = ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
+    SpeculativeOptions sp;
+    sp.generate = g;
+    sp.tree = so.tree;
+    SpeculativeResult r = speculative_generate(m.model->language_model, draft, prompt.inputs_embeds, prompt.image_mask,
+                                               sp, on_token);
+    out.stats = r.stats;
+    return r.result;
+  }, on_text);
+  out.speculative_ms = ms(t0, now());
+  if (so.compare) {
+    GenerateOptions g;
+    g.max_new_tokens = opt.max_new_tokens;
+    g.sampling = opt.sampling;
+    g.stop_strings = opt.stop_strings;
+    g.detokenize = [&m](const std::vector<int64_t>& t) { return m.detokenize(t); };
+    const auto t1 = now();
+    const GenerateResult plain = plain_generate(m.model->language_model, prompt.inputs_embeds, prompt.image_mask, g);
+    out.plain_ms = ms(t1, now());
+    out.compared = true;
+    out.identical = plain.tokens == out.answer.tokens;
+  }
+  return out;
 }
 
 }  // namespace iris

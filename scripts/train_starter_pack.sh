@@ -11,7 +11,13 @@
 #   3. AutoencoderKL 64x64 -> 4x16x16             iris train vae       -> $OUT/vae/
 #   4. CLIP text + image encoders (contrastive)   iris train clip      -> $OUT/text_encoder/, image_encoder/
 #   5. UNet on the VAE latents                    iris train unet      -> $OUT/unet/, scheduler/, model_index.json
-#   6. Held-out text-to-image eval                iris eval diffusion  -> table + $WORK/eval_contact_sheet.png
+#   6. IP-Adapter (backbone frozen)               iris train ip-adapter -> $OUT/ip-adapter.safetensors
+#   7. PokeFusion style bank, every style         iris train style     -> $OUT/style-adapter.safetensors, styles/<name>.safetensors
+#   8. SK-Adapter on the stick-figure images      iris train sk-adapter -> $OUT/sk-adapter.safetensors
+#   9. Held-out evals: t2i, ip, ip-text, style, skeleton   iris eval diffusion --task ...
+#      -> tables + $WORK/eval_<task>.png (contact sheet) + $WORK/eval_<task>.json (all figures)
+# The adapters train in $WORK/<stage>/ (their checkpoint/ lives there) and are copied into $OUT;
+# a backbone stage redone deletes them (they were trained against the old backbone).
 #
 # Environment:
 #   OUT=DIR        the pipeline folder (default assets/starter)
@@ -21,6 +27,8 @@
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
 #   EVAL_N=N       eval prompts (default 200; 0 skips the eval)
 #   VAE_STEPS / CLIP_STEPS / UNET_STEPS   override the trainers' default step counts
+#   IP_STEPS / STYLE_STEPS / SK_STEPS     adapter steps (defaults below)
+#   ADAPTER_BATCH / ADAPTER_LR            adapter batch and learning rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/starter}
@@ -34,8 +42,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
   IMAGES=${IMAGES_SMOKE:-64}
   EVAL_N=${EVAL_N_SMOKE:-4}
   VAE_STEPS=${VAE_STEPS:-3} CLIP_STEPS=${CLIP_STEPS:-3} UNET_STEPS=${UNET_STEPS:-3}
+  IP_STEPS=${IP_STEPS:-3} STYLE_STEPS=${STYLE_STEPS:-3} SK_STEPS=${SK_STEPS:-3}
+  ADAPTER_BATCH=${ADAPTER_BATCH:-4} ADAPTER_LOG_EVERY=1
   EXTRA=(--tiny --batch 8 --log-every 1)
 fi
+# Adapter schedules (constant LR, AdamW). The adapters are small next to the UNet, so a larger
+# learning rate than the IP-Adapter paper's 1e-4 (for SD1.5-sized models) converges in fewer steps.
+IP_STEPS=${IP_STEPS:-1500} STYLE_STEPS=${STYLE_STEPS:-800} SK_STEPS=${SK_STEPS:-1500}
+ADAPTER_BATCH=${ADAPTER_BATCH:-16} ADAPTER_LR=${ADAPTER_LR:-5e-4}
 [ -x "$IRIS" ] || { echo "error: $IRIS not found; build first (scripts/build.sh) or set IRIS=" >&2; exit 1; }
 mkdir -p "$WORK" "$OUT"
 
@@ -53,10 +67,46 @@ stage() {
   echo "$((SECONDS - t0)) s" > "$WORK/$name.done"
   echo "== $name finished in $((SECONDS - t0)) s"
   case $name in
-    data) rm -f "$WORK"/{tokenizer,vae,clip,unet}.done ;;
-    tokenizer) rm -f "$WORK"/{clip,unet}.done ;;
-    vae | clip) rm -f "$WORK/unet.done" ;;
+    data) invalidate tokenizer vae clip unet ip-adapter style sk-adapter ;;
+    tokenizer) invalidate clip unet ip-adapter style sk-adapter ;;
+    vae | clip) invalidate unet ip-adapter style sk-adapter ;;
+    unet) invalidate ip-adapter style sk-adapter ;;
   esac
+}
+
+# Marks stages to redo; an adapter's checkpoints go too (trained against the old backbone).
+invalidate() {
+  local s
+  for s in "$@"; do
+    rm -f "$WORK/$s.done"
+    case $s in ip-adapter | style | sk-adapter) rm -rf "${WORK:?}/$s" ;; esac
+  done
+}
+
+# Trains adapter $1 (an `iris train` subcommand) for $2 steps in $WORK/$1, resuming from its
+# checkpoint when there is one.
+train_adapter() {
+  local kind=$1 steps=$2
+  shift 2
+  local resume=()
+  [ -f "$WORK/$kind/checkpoint/trainer_state.safetensors" ] && resume=(--resume)
+  $IRIS train "$kind" --model "$OUT" --data "$WORK/data" --out "$WORK/$kind" --seed $SEED --steps "$steps" \
+    --batch "$ADAPTER_BATCH" --lr "$ADAPTER_LR" --log-every "${ADAPTER_LOG_EVERY:-25}" "${resume[@]}" "$@"
+}
+ip_adapter_stage() {
+  # More image-only samples than the paper's 5%: the ip eval prompts with the image alone.
+  train_adapter ip-adapter "$IP_STEPS" --drop-text 0.3
+  cp "$WORK/ip-adapter/ip-adapter.safetensors" "$OUT/"
+}
+style_stage() {
+  train_adapter style "$STYLE_STEPS"
+  mkdir -p "$OUT/styles"
+  cp "$WORK/style/style-adapter.safetensors" "$OUT/"
+  cp "$WORK"/style/styles/*.safetensors "$OUT/styles/"
+}
+sk_adapter_stage() {
+  train_adapter sk-adapter "$SK_STEPS"
+  cp "$WORK/sk-adapter/sk-adapter.safetensors" "$OUT/"
 }
 
 steps() { [ -n "${1:-}" ] && echo "--steps $1" || true; }
@@ -70,8 +120,21 @@ stage clip $IRIS train clip --data "$WORK/data" --out "$OUT" --work "$WORK/clip"
 stage unet $IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED \
   $(steps "${UNET_STEPS:-}") "${EXTRA[@]}"
 
+stage ip-adapter ip_adapter_stage
+stage style style_stage
+stage sk-adapter sk_adapter_stage
+
 echo "== pack: $OUT ($(du -sh "$OUT" | cut -f1))"
 if [ "$EVAL_N" -gt 0 ]; then
-  echo "== eval (held-out captions)"
-  $IRIS eval diffusion --model "$OUT" --n "$EVAL_N" --contact-sheet "$WORK/eval_contact_sheet.png"
+  for task in t2i ip ip-text style skeleton; do
+    echo "== eval $task (held-out scenes)"
+    case $task in
+      t2i) adapter=() ;;
+      ip | ip-text) adapter=(--ip-adapter "$OUT/ip-adapter.safetensors") ;;
+      style) adapter=(--style-adapter "$OUT/style-adapter.safetensors") ;;
+      skeleton) adapter=(--sk-adapter "$OUT/sk-adapter.safetensors") ;;
+    esac
+    $IRIS eval diffusion --model "$OUT" --task $task --n "$EVAL_N" "${adapter[@]}" \
+      --contact-sheet "$WORK/eval_$task.png" --json "$WORK/eval_$task.json"
+  done
 fi

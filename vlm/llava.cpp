@@ -421,7 +421,9 @@ LlavaForConditionalGeneration load_llava(const std::string& folder) {
     throw CheckpointError(join_context(folder, "expected a LLaVA folder with config.json and safetensors weights"));
   const LlavaConfig cfg = LlavaConfig::from_json(part->config, part->config_path);
   LlavaForConditionalGeneration model(cfg);
-  load_llava_weights(model, *part->weights);
+  // A VISOR folder (vlm/visor.h) is a LLaVA folder plus "visor.*" weights, loaded by load_visor.
+  const bool visor = part->config.contains("visor") && !part->config["visor"].is_null();
+  load_llava_weights(model, *part->weights, visor ? std::vector<std::string>{"visor."} : std::vector<std::string>{});
   model->eval();
   return model;
 }

@@ -1,0 +1,414 @@
+#include "pipelines/visor_training.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/core/grad_mode.h>
+
+#include "core/error.h"
+#include "core/tensor_io.h"
+#include "pipelines/trainer.h"
+#include "pipelines/vlm_eval.h"
+#include "world/render.h"
+#include "world/rng.h"
+
+namespace fs = std::filesystem;
+
+namespace iris {
+
+namespace {
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+std::function<void(const std::string&)> log_of(const VisorTrainOptions& o) {
+  if (o.log) return o.log;
+  return [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+}
+
+void check_options(const VisorTrainOptions& o) {
+  auto bad = [](const std::string& what) { throw ConfigError("train visor: " + what); };
+  if (o.llava_dir.empty()) bad("--from (the LLaVA folder to start from) is required");
+  if (o.out_dir.empty()) bad("--out (the VISOR folder to write) is required");
+  if (o.steps < 0) bad("--steps must be >= 0, found " + str(o.steps));
+  if (o.batch < 1) bad("--batch must be >= 1, found " + str(o.batch));
+  if (o.cross_layers < 0) bad("--cross-layers must be >= 0 (0: default), found " + str(o.cross_layers));
+  if (o.self_layers < -1) bad("--self-layers must be >= 0, found " + str(o.self_layers));
+  if (o.router_examples < 0 || o.router_steps < 0) bad("--router-examples and --router-steps must be >= 0");
+  if (o.eval_questions < 0) bad("--eval must be >= 0, found " + str(o.eval_questions));
+  if (o.max_new_tokens < 1) bad("--max-tokens must be >= 1, found " + str(o.max_new_tokens));
+  if (!(o.lr > 0) || !(o.router_lr > 0)) bad("learning rates must be positive");
+  if (o.describe_probability < 0 || o.describe_probability > 1) bad("describe probability must be in [0, 1]");
+}
+
+// The default layout: cross-attention in half the LM layers (rounded up), as many self-attention blocks.
+VisorConfig layout_of(const VisorTrainOptions& o, const LlamaConfig& text) {
+  const int64_t L = text.num_hidden_layers;
+  const int64_t n_cross = o.cross_layers > 0 ? o.cross_layers : std::max<int64_t>(1, (L + 1) / 2);
+  const int64_t n_self = o.self_layers >= 0 ? o.self_layers : n_cross;
+  VisorConfig c = VisorConfig::uniform(L, n_cross, n_self);
+  c.self_attention_intermediate_size = o.sa_intermediate;
+  c.router_hidden_size = o.router_hidden;
+  c.validate(text, "train visor");
+  return c;
+}
+
+std::vector<int64_t> without_image_token(const std::vector<int64_t>& ids, int64_t image_token) {
+  std::vector<int64_t> out;
+  for (int64_t id : ids)
+    if (id != image_token) out.push_back(id);
+  return out;
+}
+
+void set_requires_grad(torch::nn::Module& m, bool on) {
+  for (auto& p : m.parameters(true)) p.set_requires_grad(on);
+}
+
+// Everything of the LLaVA folder but its config and weights (tokenizer, preprocessor, ...).
+void copy_side_files(const std::string& from, const std::string& to) {
+  for (const auto& e : fs::directory_iterator(from)) {
+    if (!e.is_regular_file()) continue;
+    const std::string name = e.path().filename().string();
+    if (name == "config.json" || name.find(".safetensors") != std::string::npos) continue;
+    fs::copy_file(e.path(), fs::path(to) / name, fs::copy_options::overwrite_existing);
+  }
+}
+
+void export_visor(VisorModel& m, const VisorTrainOptions& o) {
+  save_visor(m.visor, read_json_file((fs::path(o.llava_dir) / "config.json").string()), o.out_dir, o.f16);
+  copy_side_files(o.llava_dir, o.out_dir);
+}
+
+}  // namespace
+
+// =============================================================================================
+// Data
+
+std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability) {
+  std::vector<VisorVqaItem> out;
+  const uint64_t base = world::hash_combine(seed, 0x5150ull);
+  for (uint64_t i = 0; static_cast<int64_t>(out.size()) < count; ++i) {
+    if (i > static_cast<uint64_t>(count) * 1000 + 1000)
+      throw ConfigError("VISOR data: no scenes of the " + std::string(world::name(split)) + " split");
+    world::Scene scene = world::sample_scene(world::sample_seed(base, i));
+    if (world::scene_split(scene) != split) continue;
+    world::Rng rng(world::hash_combine(scene.seed, 0x7155ull));
+    world::QuestionOptions qo;
+    qo.split = split;
+    qo.describe = rng.chance(describe_probability);
+    std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
+    if (qs.empty()) continue;
+    world::Question q = qs[rng.below(qs.size())];
+    if (qo.describe)
+      for (const world::Question& c : qs)
+        if (c.kind == "describe") q = c;
+    Image image = world::render_scene(scene);
+    out.push_back({std::move(scene), std::move(q), std::move(image)});
+  }
+  return out;
+}
+
+// =============================================================================================
+// Losses and labels
+
+at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget) {
+  if (batch.empty()) throw ConfigError("VISOR loss: empty batch");
+  const LlavaConfig& c = m.visor->config();
+  const int64_t eos = c.text.eos_token_ids.at(0);
+  const int64_t B = static_cast<int64_t>(batch.size());
+  std::vector<std::vector<int64_t>> seqs;
+  std::vector<int64_t> prompt_lengths;
+  std::vector<at::Tensor> pixels;
+  int64_t T = 0;
+  for (const VisorVqaItem& item : batch) {
+    std::vector<int64_t> seq = without_image_token(vqa_prompt_ids(m.base, item.question.question), c.image_token_index);
+    prompt_lengths.push_back(static_cast<int64_t>(seq.size()));
+    for (int id : m.base.tokenizer.encode(item.question.answer)) seq.push_back(id);
+    seq.push_back(eos);
+    T = std::max<int64_t>(T, static_cast<int64_t>(seq.size()));
+    seqs.push_back(std::move(seq));
+    pixels.push_back(vqa_pixels(m.base, item.image));
+  }
+  // Right padding (causal attention: real tokens never see it); targets -100 = no loss.
+  at::Tensor ids = at::full({B, T}, eos, at::TensorOptions().dtype(at::kLong));
+  at::Tensor targets = at::full({B, T}, -100, at::TensorOptions().dtype(at::kLong));
+  auto id = ids.accessor<int64_t, 2>();
+  auto tg = targets.accessor<int64_t, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int64_t>& s = seqs[b];
+    for (size_t k = 0; k < s.size(); ++k) id[b][k] = s[k];
+    for (size_t k = static_cast<size_t>(prompt_lengths[b]); k < s.size(); ++k) tg[b][k - 1] = s[k];
+  }
+  at::Tensor tower;
+  {
+    at::NoGradGuard no_grad;  // the vision tower stays frozen
+    tower = m.visor->llava->vision_features(at::cat(pixels, 0));
+  }
+  VisorInput in;
+  in.input_ids = ids;
+  in.image_features = m.visor->llava->multi_modal_projector(tower);  // [B, N, H]
+  in.prompt_lengths = at::tensor(prompt_lengths, at::TensorOptions().dtype(at::kLong));
+  VisorForwardOptions fo;
+  fo.budgets = {budget};
+  const at::Tensor logits = m.visor->forward(in, nullptr, fo).logits;  // [B, T, V]
+  return at::cross_entropy_loss(logits.reshape({B * T, -1}).to(at::kFloat),
+                                targets.view({-1}).to(logits.device()), {}, at::Reduction::Mean, -100);
+}
+
+int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features) {
+  const std::vector<int64_t> ids = vqa_prompt_ids(m.base, item.question.question);
+  const at::Tensor pixels = vqa_pixels(m.base, item.image);
+  const int64_t S = m.visor->max_budget();
+  GenerateOptions g;
+  g.max_new_tokens = max_new_tokens;
+  const std::vector<int64_t> full = visor_generate(m.visor, ids, pixels, S, g).result.tokens;
+  int64_t label = S;
+  for (int64_t b = 0; b < S; ++b)
+    if (visor_generate(m.visor, ids, pixels, b, g).result.tokens == full) {
+      label = b;
+      break;
+    }
+  if (features) {
+    at::NoGradGuard no_grad;  // plain tensors (not inference ones): the router trains on them
+    VisorInput in;
+    const std::vector<int64_t> text = without_image_token(ids, m.visor->config().image_token_index);
+    in.input_ids = at::tensor(text, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+    in.image_features = m.visor->image_features(pixels);
+    VisorForwardOptions fo;
+    fo.router_features_only = true;
+    *features = m.visor->forward(in, nullptr, fo).router_features.select(0, 0).clone();
+  }
+  return label;
+}
+
+// =============================================================================================
+// Evaluation
+
+std::vector<VisorEvalRow> evaluate_visor(VisorModel& m, VqaModel* llava, const std::vector<VisorVqaItem>& items,
+                                         int64_t max_new_tokens) {
+  std::vector<VisorEvalRow> rows;
+  if (llava) {
+    VisorEvalRow r{"llava", -2};
+    VqaOptions vo;
+    vo.max_new_tokens = max_new_tokens;
+    const LlavaConfig& lc = llava->model->config();
+    for (const VisorVqaItem& item : items) {
+      const VqaAnswer a = ask(*llava, item.image, item.question.question, vo);
+      r.correct += answers_match(a.text, item.question.answer);
+      const VisualWorkload w = visual_workload(vqa_prompt_ids(*llava, item.question.question, vo), lc.image_token_index,
+                                               lc.image_feature_tokens(), static_cast<int64_t>(a.tokens.size()));
+      r.mean_visual_flops += llava_visual_flops(lc.text, w).total();
+      ++r.asked;
+    }
+    rows.push_back(r);
+  }
+  const int64_t S = m.visor->max_budget();
+  for (int64_t b = 0; b <= S + (S > 0 ? 1 : 0); ++b) {
+    const int64_t budget = b <= S ? b : -1;
+    VisorEvalRow r{budget < 0 ? "router" : "budget " + str(budget), budget};
+    if (budget < 0) r.chosen.assign(static_cast<size_t>(S + 1), 0);
+    VisorAskOptions o;
+    o.vqa.max_new_tokens = max_new_tokens;
+    o.budget = budget;
+    for (const VisorVqaItem& item : items) {
+      const VisorAnswer a = visor_ask(m, item.image, item.question.question, o);
+      r.correct += answers_match(a.answer.text, item.question.answer);
+      r.mean_visual_flops += a.flops.total();
+      if (budget < 0) ++r.chosen[static_cast<size_t>(a.budget)];
+      ++r.asked;
+    }
+    rows.push_back(r);
+  }
+  for (VisorEvalRow& r : rows)
+    if (r.asked) r.mean_visual_flops /= static_cast<double>(r.asked);
+  return rows;
+}
+
+std::string format_visor_eval(const std::vector<VisorEvalRow>& rows) {
+  double llava = 0;
+  for (const VisorEvalRow& r : rows)
+    if (r.budget == -2) llava = r.mean_visual_flops;
+  std::string out = "path        accuracy        visual MFLOPs/answer   saving vs LLaVA\n";
+  char buf[200];
+  for (const VisorEvalRow& r : rows) {
+    std::snprintf(buf, sizeof(buf), "%-10s  %4lld/%-4lld %5.1f%%  %12.2f           ", r.name.c_str(),
+                  static_cast<long long>(r.correct), static_cast<long long>(r.asked), 100.0 * r.accuracy(),
+                  r.mean_visual_flops / 1e6);
+    out += buf;
+    if (llava > 0 && r.mean_visual_flops > 0) {
+      std::snprintf(buf, sizeof(buf), "%.2fx", llava / r.mean_visual_flops);
+      out += buf;
+    } else {
+      out += "-";
+    }
+    if (!r.chosen.empty()) {
+      out += "  (chosen:";
+      for (size_t b = 0; b < r.chosen.size(); ++b) out += " " + str(static_cast<int64_t>(b)) + "=" + str(r.chosen[b]);
+      out += ")";
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+Json visor_eval_json(const std::vector<VisorEvalRow>& rows) {
+  Json j = Json::array();
+  for (const VisorEvalRow& r : rows) {
+    Json row = {{"name", r.name}, {"budget", r.budget}, {"asked", r.asked}, {"correct", r.correct},
+                {"accuracy", r.accuracy()}, {"mean_visual_flops", r.mean_visual_flops}};
+    if (!r.chosen.empty()) row["chosen"] = r.chosen;
+    j.push_back(row);
+  }
+  return j;
+}
+
+// =============================================================================================
+// The run
+
+VisorTrainReport train_visor(const VisorTrainOptions& o) {
+  check_options(o);
+  const auto log = log_of(o);
+  const std::string work = o.work_dir;
+  auto work_path = [&](const std::string& name) { return work.empty() ? std::string() : (fs::path(work) / name).string(); };
+  VisorTrainReport report;
+
+  // ---- 1. init ----
+  VisorModel m{VqaModel::load(o.llava_dir), nullptr};
+  const LlamaConfig& text = m.base.model->config().text;
+  m.visor = VisorForConditionalGeneration(m.base.model, layout_of(o, text));
+  m.visor->init_from_language_model(o.seed);
+  const VisorConfig& vc = m.visor->visor_config();
+  const int64_t S = vc.num_self();
+  {
+    std::string line = "VISOR layout: " + str(text.num_hidden_layers) + " text layers, cross-attention at slots";
+    for (int64_t s : vc.cross_attention_layers) line += " " + str(s);
+    line += ", self-attention at slots";
+    for (int64_t s : vc.self_attention_layers) line += " " + str(s);
+    log(line + " (budgets 0.." + str(S) + ")");
+  }
+
+  // ---- 2. universal training ----
+  set_requires_grad(*m.visor, false);
+  set_requires_grad(*m.visor->visor, true);
+  if (m.visor->visor->router) set_requires_grad(*m.visor->visor->router, false);
+  set_requires_grad(*m.visor->llava->multi_modal_projector, true);
+  if (o.train_language_model) set_requires_grad(*m.visor->language_model, true);
+  {
+    TrainerOptions t;
+    t.name = "visor";
+    t.steps = o.steps;
+    t.lr = o.lr;
+    t.warmup_steps = std::min(o.warmup, o.steps);
+    t.seed = o.seed;
+    t.log_every = o.log_every;
+    t.checkpoint_every = o.checkpoint_every;
+    t.checkpoint_dir = work_path("universal");
+    t.log = log;
+    t.progress = o.progress;
+    Trainer trainer(named_trainable_parameters(*m.visor), t);
+    if (trainer.resume()) log("resumed universal training at step " + str(trainer.current_step()));
+    trainer.run([&](int64_t, at::Generator& gen) {
+      const int64_t budget = at::randint(0, S + 1, {1}, gen).item<int64_t>();
+      const auto batch = visor_vqa_items(trainer.step_seed(), o.batch, world::Split::Train, o.describe_probability);
+      at::Tensor loss = visor_answer_loss(m, batch, budget);
+      report.universal_losses.push_back(loss.item<double>());
+      return loss;
+    });
+    report.universal_step = trainer.current_step();
+  }
+  set_requires_grad(*m.visor, false);
+  m.visor->eval();
+  export_visor(m, o);
+  if (!report.universal_losses.empty() && !work.empty()) {
+    // The universal model moved: labels and router made from the old one are stale.
+    fs::remove(work_path("router_data.safetensors"));
+    fs::remove_all(work_path("router"));
+  }
+
+  // ---- 3. pseudo-labels, 4. router ----
+  if (S > 0 && o.router_examples > 0) {
+    at::Tensor features, labels;  // [R, 2H] float, [R] int64
+    const std::string data_path = work_path("router_data.safetensors");
+    if (!data_path.empty() && fs::exists(data_path)) {
+      const TensorStore store = TensorStore::open(data_path);
+      features = read_tensor(store, "features");
+      labels = read_tensor(store, "labels");
+      if (labels.numel() != o.router_examples || features.size(0) != labels.numel()) features = labels = at::Tensor();
+      else log("read " + str(labels.numel()) + " router labels from " + data_path);
+    }
+    if (!labels.defined()) {
+      log("labelling " + str(o.router_examples) + " questions: cheapest budget keeping the full budget's answer");
+      const auto items = visor_vqa_items(world::hash_combine(o.seed, 0x7072ull), o.router_examples, world::Split::Train,
+                                         o.describe_probability);
+      std::vector<at::Tensor> rows;
+      std::vector<int64_t> ls;
+      for (size_t i = 0; i < items.size(); ++i) {
+        o.progress.check_cancel();
+        at::Tensor f;
+        ls.push_back(visor_pseudo_label(m, items[i], o.max_new_tokens, &f));
+        rows.push_back(f);
+      }
+      features = at::stack(rows);
+      labels = at::tensor(ls, at::TensorOptions().dtype(at::kLong));
+      if (!data_path.empty()) {
+        fs::create_directories(work);
+        write_safetensors(data_path, {{"features", features}, {"labels", labels}});
+      }
+    }
+    report.label_counts.assign(static_cast<size_t>(S + 1), 0);
+    for (int64_t i = 0; i < labels.numel(); ++i) ++report.label_counts[static_cast<size_t>(labels[i].item<int64_t>())];
+    std::string counts = "pseudo-labels:";
+    for (int64_t b = 0; b <= S; ++b) counts += " budget " + str(b) + " x" + str(report.label_counts[b]);
+    log(counts);
+
+    VisorRouter router = m.visor->visor->router;
+    set_requires_grad(*router, true);
+    TrainerOptions t;
+    t.name = "router";
+    t.steps = o.router_steps;
+    t.lr = o.router_lr;
+    t.weight_decay = 0.0;
+    t.seed = o.seed + 1;
+    t.log_every = o.log_every;
+    t.checkpoint_every = o.checkpoint_every;
+    t.checkpoint_dir = work_path("router");
+    t.log = log;
+    t.progress = o.progress;
+    Trainer trainer(named_trainable_parameters(*router, "visor.router."), t);
+    if (trainer.resume()) log("resumed router training at step " + str(trainer.current_step()));
+    trainer.run([&](int64_t, at::Generator&) {
+      at::Tensor loss = at::cross_entropy_loss(router(features), labels);
+      report.router_losses.push_back(loss.item<double>());
+      return loss;
+    });
+    set_requires_grad(*router, false);
+    {
+      at::NoGradGuard no_grad;
+      report.router_train_accuracy = router(features).argmax(-1).eq(labels).to(at::kDouble).mean().item<double>();
+    }
+    log("router accuracy on its pseudo-labels: " + std::to_string(report.router_train_accuracy));
+    export_visor(m, o);
+  }
+  report.output = o.out_dir;
+  log("wrote " + o.out_dir);
+
+  // ---- 5. evaluation ----
+  if (o.eval_questions > 0) {
+    log("evaluating on " + str(o.eval_questions) + " held-out questions");
+    const auto items = visor_vqa_items(world::hash_combine(o.seed, 0xe7a1ull), o.eval_questions,
+                                       world::Split::HeldOut, 0.0);
+    VqaModel llava = VqaModel::load(o.llava_dir);
+    report.eval = evaluate_visor(m, &llava, items, o.max_new_tokens);
+    log(format_visor_eval(report.eval));
+    const fs::path p = fs::path(o.out_dir) / "visor_eval.json";
+    std::ofstream f(p);
+    if (!(f << visor_eval_json(report.eval).dump(2) << "\n")) throw IoError(p.string() + ": cannot write");
+  }
+  return report;
+}
+
+}  // namespace iris

@@ -1,0 +1,115 @@
+#pragma once
+// Training a VISOR model (vlm/visor.h) from a trained LLaVA folder, on Tinyworld VQA:
+//
+//   1. init      the LLaVA folder's modules (the LM layers become the text-only layers), VISOR
+//                blocks from init_from_language_model: the model starts as the text-only LM
+//   2. universal every step samples one budget b uniformly in 0 .. S (METHODS.md: one feasible
+//                self-attention configuration per step) and trains the LM, projector and VISOR
+//                blocks (vision tower and router frozen) on a batch of single-turn questions:
+//                  prompt = vqa_prompt_ids (LLaVA-1.5 template), target = encode(answer) + EOS,
+//                  cross-entropy on the answer tokens
+//   3. labels    on `router_examples` fresh training questions: the greedy answer at every
+//                budget; pseudo-label = the cheapest budget whose answer equals the full
+//                budget's; router input features (pooled prompt text + pooled image at the
+//                router's slot) kept with it (work_dir/router_data.safetensors)
+//   4. router    cross-entropy of the router MLP on the pseudo-labels (everything else frozen)
+//   5. export    out_dir = a VISOR folder (the LLaVA folder's tokenizer and preprocessor copied);
+//                with eval_questions > 0, held-out questions answered by the original LLaVA and
+//                by VISOR at every budget and with the router: accuracy and mean visual FLOPs
+//                (out_dir/visor_eval.json)
+// Every phase resumes from work_dir (Trainer checkpoints in work_dir/universal, work_dir/router;
+// the labels file); the data of a step depends on (seed, step) only. A call that runs universal
+// steps drops the labels and the router state (they belong to the previous universal model).
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "core/image.h"
+#include "core/json_util.h"
+#include "core/progress.h"
+#include "pipelines/visor_vqa.h"
+#include "world/captions.h"
+#include "world/scene.h"
+
+namespace iris {
+
+struct VisorTrainOptions {
+  std::string llava_dir;  // the LLaVA folder to start from (VqaModel::load reads it)
+  std::string out_dir;    // the VISOR folder written
+  std::string work_dir;   // checkpoints and labels ("" = not resumable)
+  // Layout: 0 = defaults (cross: half the LM layers, rounded up; self: as many as cross).
+  int64_t cross_layers = 0, self_layers = -1;  // self -1 = default, 0 = none (no router)
+  int64_t sa_intermediate = 0;                 // 0: the LM's intermediate_size
+  int64_t router_hidden = 64;
+  // Universal training.
+  int64_t steps = 1500, batch = 8, warmup = 50;
+  double lr = 3e-4;
+  bool train_language_model = true;  // false: only the VISOR blocks and the projector
+  double describe_probability = 0.0; // chance a question is "Describe the image." (long answer)
+  // Router.
+  int64_t router_examples = 256, router_steps = 300;
+  double router_lr = 3e-3;
+  // Evaluation (0: none) and answers.
+  int64_t eval_questions = 200, max_new_tokens = 16;
+  uint64_t seed = 0;
+  bool f16 = false;  // exported weights as F16
+  int64_t log_every = 25, checkpoint_every = 250;
+  std::function<void(const std::string&)> log;  // stdout when empty
+  Progress progress;
+};
+
+// One row of the evaluation table.
+struct VisorEvalRow {
+  std::string name;       // "llava", "budget 0", ..., "router"
+  int64_t budget = -1;    // -2: the LLaVA path; -1: the router
+  int64_t asked = 0, correct = 0;
+  double mean_visual_flops = 0;
+  std::vector<int64_t> chosen;  // router row: how often each budget was chosen
+  double accuracy() const { return asked ? static_cast<double>(correct) / static_cast<double>(asked) : 0.0; }
+};
+
+struct VisorTrainReport {
+  std::vector<double> universal_losses;  // per step this call ran
+  int64_t universal_step = 0;
+  std::vector<int64_t> label_counts;     // pseudo-labels per budget
+  std::vector<double> router_losses;
+  double router_train_accuracy = 0;      // on its pseudo-labels, after training
+  std::vector<VisorEvalRow> eval;        // empty without eval_questions
+  std::string output;
+};
+
+// Runs the phases above. ConfigError for bad options (naming them), IoError / CheckpointError
+// for a bad LLaVA folder, Cancelled when progress asks to stop (checkpoints kept).
+VisorTrainReport train_visor(const VisorTrainOptions& options);
+
+// ---- Pieces (tests use them) ----------------------------------------------------------------
+
+// One Tinyworld question about a rendered scene.
+struct VisorVqaItem {
+  world::Scene scene;
+  world::Question question;
+  Image image;
+};
+// `count` questions, one per scene, from scenes of `split` drawn from `seed` (questions of that
+// split's templates; describe questions with the given probability).
+std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability);
+
+// Mean answer-token cross-entropy of a batch at one budget (differentiable): the vision tower
+// runs without gradients, the projector, LM and VISOR blocks with them.
+at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget);
+
+// Pseudo-label of one question: the cheapest budget whose greedy answer equals the full
+// budget's. `features` gets the router's input [2H].
+int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features);
+
+// Accuracy and mean visual FLOPs of VISOR at every budget and with the router (and of the
+// LLaVA path when `llava` is given) on `items` (exact match, case and final punctuation ignored).
+std::vector<VisorEvalRow> evaluate_visor(VisorModel& m, VqaModel* llava, const std::vector<VisorVqaItem>& items,
+                                         int64_t max_new_tokens);
+std::string format_visor_eval(const std::vector<VisorEvalRow>& rows);
+Json visor_eval_json(const std::vector<VisorEvalRow>& rows);
+
+}  // namespace iris

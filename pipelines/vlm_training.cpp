@@ -1,0 +1,791 @@
+#include "pipelines/vlm_training.h"
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include <ATen/core/grad_mode.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "core/image.h"
+#include "pipelines/random_model.h"
+#include "pipelines/trainer.h"
+#include "pipelines/vqa.h"
+#include "vlm/chat_template.h"
+#include "vlm/llava.h"
+#include "world/dataset.h"
+#include "world/render.h"
+#include "world/rng.h"
+#include "world/scene.h"
+
+namespace fs = std::filesystem;
+
+namespace iris {
+
+// Default schedules (full size; --tiny: 2 steps each). CPU time per step at the default sizes
+// (LLaMA 4 x 256, batch 8 of up to 192 text tokens + 64 image features), one thread, measured
+// as user + sys time: augment 0.03 s, text 0.84 s, align 0.85 s, finetune 0.97 s (FtZ: about
+// the same). The default schedule is thus about 70 CPU-minutes.
+//   stage     steps  lr     warm-up  batch
+//   augment   400    2e-3   40       32 images
+//   text      1500   2e-3   100      8 sequences
+//   align     600    2e-3   50       8
+//   finetune  2500   1e-3   100      8
+namespace {
+
+struct StageDefaults {
+  int64_t steps, warmup, batch;
+  double lr;
+};
+constexpr StageDefaults kAugment{400, 40, 32, 2e-3};
+constexpr StageDefaults kText{1500, 100, 0, 2e-3};
+constexpr StageDefaults kAlign{600, 50, 0, 2e-3};
+constexpr StageDefaults kFinetune{2500, 100, 0, 1e-3};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t\r\n");
+  if (a == std::string::npos) return "";
+  const size_t b = s.find_last_not_of(" \t\r\n");
+  return s.substr(a, b - a + 1);
+}
+
+std::function<void(const std::string&)> log_of(const VlmTrainOptions& o) {
+  if (o.log) return o.log;
+  return [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+}
+
+void append(VlmSequence& s, const std::vector<int64_t>& ids, bool target) {
+  s.ids.insert(s.ids.end(), ids.begin(), ids.end());
+  s.target.insert(s.target.end(), ids.size(), target ? 1 : 0);
+}
+
+std::vector<int64_t> answer_ids(const VlmVocab& v, const std::string& answer) {
+  std::vector<int64_t> a = v.encode(answer);
+  a.push_back(v.eos);
+  return a;
+}
+
+// "USER: {q} ASSISTANT:" of a turn after the first, encoded as a template piece.
+std::vector<int64_t> turn_ids(const VlmVocab& v, const std::string& question) {
+  return v.encode("USER: " + trim(question) + " ASSISTANT:");
+}
+
+// Appends the turns after the first while they fit.
+void append_turns(VlmSequence& s, const VlmVocab& v, const std::vector<world::Question>& qs, size_t skip,
+                  int64_t max_tokens) {
+  for (size_t i = 0; i < qs.size(); ++i) {
+    if (i == skip) continue;
+    const std::vector<int64_t> t = turn_ids(v, qs[i].question), a = answer_ids(v, qs[i].answer);
+    if (static_cast<int64_t>(s.ids.size() + t.size() + a.size()) > max_tokens) continue;
+    append(s, t, false);
+    append(s, a, true);
+    ++s.turns;
+  }
+}
+
+}  // namespace
+
+// =============================================================================================
+// Sizes, vocabulary, sequences, config
+
+VlmModelSizes VlmModelSizes::resolve(bool tiny) const {
+  VlmModelSizes s = *this;
+  auto def = [](int64_t& v, int64_t d) {
+    if (v <= 0) v = d;
+  };
+  def(s.hidden, tiny ? 64 : 256);
+  def(s.layers, tiny ? 2 : 4);
+  def(s.heads, 4);
+  def(s.kv_heads, s.heads);
+  def(s.intermediate, tiny ? 128 : 704);
+  def(s.max_positions, tiny ? 256 : 512);
+  def(s.aug_hidden, tiny ? 16 : 64);
+  def(s.aug_layers, tiny ? 2 : 4);
+  def(s.aug_patch, tiny ? 16 : 8);
+  def(s.aug_groups, tiny ? 4 : 8);
+  def(s.ftz_heads, 4);
+  return s;
+}
+
+VlmVocab VlmVocab::load(const std::string& path) {
+  if (path.empty()) throw ConfigError("VLM training: no tokenizer given (a SentencePiece tokenizer.model)");
+  if (!fs::is_regular_file(path)) throw IoError(path + ": no such tokenizer file (a SentencePiece tokenizer.model)");
+  VlmVocab v{SentencePieceTokenizer::load(path)};
+  const int64_t pieces = static_cast<int64_t>(v.tokenizer.vocab_size());
+  const int user = v.tokenizer.piece_to_id("<image>");
+  if (user >= 0 && v.tokenizer.is_user_defined(user)) {
+    v.image_token = user;
+    v.vocab_size = pieces;
+  } else {
+    v.image_token = pieces;
+    v.vocab_size = pieces + 1;
+  }
+  v.bos = v.tokenizer.bos_id();
+  v.eos = v.tokenizer.eos_id();
+  if (v.eos < 0)
+    throw ConfigError(path + ": the tokenizer has no EOS control piece (</s>); every answer ends with it");
+  return v;
+}
+
+std::vector<int64_t> VlmVocab::encode(const std::string& text) const {
+  const std::vector<int> ids = tokenizer.encode(text);
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& qs, int64_t max_tokens) {
+  if (qs.empty()) throw ConfigError("VLM training: a sequence needs at least one question");
+  const ChatTemplate chat = ChatTemplate::llava15();
+  auto first_turn = [&](const world::Question& q) {
+    return tokenize_with_images(v.tokenizer, chat.render(q.question), chat.image_placeholder, v.image_token, v.bos);
+  };
+  // The first question whose whole turn fits leads (else the first, its answer cut).
+  size_t lead = 0;
+  for (size_t i = 0; i < qs.size(); ++i)
+    if (static_cast<int64_t>(first_turn(qs[i]).size() + answer_ids(v, qs[i].answer).size()) <= max_tokens) {
+      lead = i;
+      break;
+    }
+  VlmSequence s;
+  append(s, first_turn(qs[lead]), false);
+  s.image_position = std::find(s.ids.begin(), s.ids.end(), v.image_token) - s.ids.begin();
+  std::vector<int64_t> a = answer_ids(v, qs[lead].answer);
+  const int64_t room = max_tokens - static_cast<int64_t>(s.ids.size());
+  if (room < 1)
+    throw ConfigError("VLM training: max_text_tokens " + str(max_tokens) + " leaves no room for an answer after the " +
+                      str(static_cast<int64_t>(s.ids.size())) + "-token prompt of \"" + qs[lead].question + "\"");
+  if (static_cast<int64_t>(a.size()) > room) a.resize(static_cast<size_t>(room));
+  append(s, a, true);
+  s.turns = 1;
+  append_turns(s, v, qs, lead, max_tokens);
+  return s;
+}
+
+VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, const std::vector<world::Question>& qs,
+                              int64_t max_tokens) {
+  if (qs.empty()) throw ConfigError("VLM training: a sequence needs at least one question");
+  const ChatTemplate chat = ChatTemplate::llava15();
+  // The first turn tokenized as the image prompt, the context's tokens where <image> is.
+  const std::vector<int64_t> prompt =
+      tokenize_with_images(v.tokenizer, chat.render(qs[0].question), chat.image_placeholder, v.image_token, v.bos);
+  VlmSequence s;
+  for (int64_t id : prompt) {
+    if (id == v.image_token) append(s, v.encode(context), true);
+    else append(s, {id}, true);
+  }
+  append(s, answer_ids(v, qs[0].answer), true);
+  s.turns = 1;
+  if (static_cast<int64_t>(s.ids.size()) > max_tokens) {
+    s.ids.resize(static_cast<size_t>(max_tokens));
+    s.target.resize(static_cast<size_t>(max_tokens));
+  } else {
+    append_turns(s, v, qs, 0, max_tokens);
+  }
+  std::fill(s.target.begin(), s.target.end(), 1);  // language modelling: every token
+  s.target[0] = 0;                                 // (nothing predicts the first)
+  return s;
+}
+
+Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, const VlmVocab& vocab, bool ftz) {
+  LlamaConfig t;
+  t.vocab_size = vocab.vocab_size;
+  t.hidden_size = sizes.hidden;
+  t.intermediate_size = sizes.intermediate;
+  t.num_hidden_layers = sizes.layers;
+  t.num_attention_heads = sizes.heads;
+  t.num_key_value_heads = sizes.kv_heads;
+  if (sizes.heads <= 0 || sizes.hidden % sizes.heads != 0)
+    throw ConfigError("VLM sizes: heads " + str(sizes.heads) + " must divide hidden " + str(sizes.hidden));
+  t.head_dim = sizes.hidden / sizes.heads;
+  t.max_position_embeddings = sizes.max_positions;
+  t.rms_norm_eps = 1e-5;
+  t.tie_word_embeddings = sizes.tie_embeddings;
+  t.bos_token_id = vocab.bos;
+  t.eos_token_ids = {vocab.eos};
+  Json vc = vision_config;
+  vc.erase("architectures");
+  vc["model_type"] = "clip_vision_model";
+  Json j = {{"architectures", {"LlavaForConditionalGeneration"}},
+            {"model_type", "llava"},
+            {"image_token_index", vocab.image_token},
+            {"projector_hidden_act", "gelu"},
+            {"vision_feature_layer", sizes.feature_layer},
+            {"vision_feature_select_strategy", "default"},
+            {"ignore_index", -100},
+            {"tie_word_embeddings", sizes.tie_embeddings},
+            {"vision_config", vc},
+            {"text_config", t.to_json()}};
+  if (ftz) {
+    const ClipVisionConfig v = ClipVisionConfig::from_json(vc, "vision_config");
+    const int64_t depth = clip_layers_for_hidden_state(sizes.feature_layer, v.num_hidden_layers, "vision_feature_layer");
+    const int64_t a = sizes.aug_layers;
+    // Fuse at the feature layer (deepest augmenting state) and one layer before (mid depth).
+    Json pairs = depth == 0 ? Json::array({Json::array({0, a})})
+                            : Json::array({Json::array({depth - 1, a / 2}), Json::array({depth, a})});
+    j["ftz"] = {{"augmenting_encoder",
+                 {{"model_type", "conv"}, {"num_channels", v.num_channels}, {"image_size", v.image_size},
+                  {"patch_size", sizes.aug_patch}, {"hidden_size", sizes.aug_hidden}, {"num_layers", a},
+                  {"norm_groups", sizes.aug_groups}}},
+                {"pairs", pairs},
+                {"heads", sizes.ftz_heads}};
+  }
+  LlavaConfig::from_json(j, "VLM config");  // validates everything now, naming the key
+  return j;
+}
+
+// =============================================================================================
+// Data
+
+namespace {
+
+// Training-split scenes: drawn fresh from a generator, or from a fixed pool of `scenes`.
+class SceneSource {
+ public:
+  SceneSource(uint64_t seed, int64_t pool) : base_(world::hash_combine(seed, 0x5ce4e5ull)) {
+    if (pool > 0) {
+      world::DatasetOptions d;
+      d.base_seed = base_;
+      d.count = static_cast<int>(pool);
+      d.split = world::Split::Train;
+      pool_ = world::split_seeds(d);
+    }
+  }
+  world::Scene draw(world::Rng& rng) const {
+    if (!pool_.empty()) return world::sample_scene(pool_[static_cast<size_t>(rng.below(pool_.size()))]);
+    for (;;) {
+      const uint64_t seed = world::sample_seed(base_, rng.next());
+      if (world::seed_held_out(seed)) continue;
+      world::Scene s = world::sample_scene(seed);
+      if (world::scene_split(s) == world::Split::Train) return s;
+    }
+  }
+
+ private:
+  uint64_t base_;
+  std::vector<uint64_t> pool_;
+};
+
+// pixel_values [3, S, S] of a render, preprocessed as VqaModel does.
+at::Tensor scene_pixels(const world::Scene& scene, const ClipPreprocessConfig& pre) {
+  int h = 0, w = 0;
+  std::vector<float> chw = clip_preprocess(world::render_scene(scene), pre, &h, &w);
+  return at::from_blob(chw.data(), {3, h, w}, at::kFloat).clone();
+}
+
+// Training questions of a scene, shuffled; "describe" kept with probability p.
+std::vector<world::Question> training_questions(const world::Scene& scene, world::Rng& rng, double describe_p) {
+  world::QuestionOptions qo;
+  qo.split = world::Split::Train;
+  std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
+  const bool describe = rng.chance(describe_p);
+  qs.erase(std::remove_if(qs.begin(), qs.end(), [&](const world::Question& q) { return q.kind == "describe" && !describe; }),
+           qs.end());
+  rng.shuffle(qs);
+  return qs;
+}
+
+// A padded batch: ids [B, L] (the <image> token as 0, padding EOS), and the loss rows: flat
+// indices into the merged [B, L'] positions whose hidden states predict labels [N].
+struct Batch {
+  at::Tensor ids, rows, labels;
+  at::Tensor pixels;            // [B, 3, S, S] or undefined
+  int64_t image_position = -1;  // shared by every row
+  int64_t tokens = 0;           // merged positions in the batch (B * L')
+};
+
+Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t image_features) {
+  const int64_t B = static_cast<int64_t>(seqs.size());
+  int64_t L = 0;
+  for (const VlmSequence& s : seqs) L = std::max<int64_t>(L, static_cast<int64_t>(s.ids.size()));
+  Batch b;
+  b.image_position = seqs.front().image_position;
+  const int64_t extra = b.image_position >= 0 ? image_features - 1 : 0;
+  const int64_t merged = L + extra;
+  b.ids = at::full({B, L}, v.eos, at::kLong);
+  auto ids = b.ids.accessor<int64_t, 2>();
+  std::vector<int64_t> rows, labels;
+  for (int64_t r = 0; r < B; ++r) {
+    const VlmSequence& s = seqs[static_cast<size_t>(r)];
+    if (s.image_position != b.image_position)
+      throw ShapeError("VLM training: sequences of a batch must put the image at the same position");
+    for (size_t k = 0; k < s.ids.size(); ++k) {
+      ids[r][static_cast<int64_t>(k)] = static_cast<int64_t>(k) == s.image_position ? 0 : s.ids[k];
+      if (k == 0 || !s.target[k]) continue;
+      // Token k is predicted at text position k - 1, merged position m(k - 1).
+      const int64_t j = static_cast<int64_t>(k) - 1;
+      const int64_t m = (b.image_position >= 0 && j >= b.image_position) ? j + extra : j;
+      rows.push_back(r * merged + m);
+      labels.push_back(s.ids[k]);
+    }
+  }
+  if (rows.empty()) throw ConfigError("VLM training: a batch without any loss target");
+  b.rows = at::tensor(rows, at::kLong);
+  b.labels = at::tensor(labels, at::kLong);
+  b.tokens = B * merged;
+  return b;
+}
+
+// Cross-entropy of the batch's targets. features [B, T, H] replace the <image> token (undefined
+// for text batches).
+at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features) {
+  LlamaForCausalLM& lm = model->language_model;
+  at::Tensor x = lm->model->embed(b.ids);  // [B, L, H]
+  if (features.defined()) {
+    const int64_t p = b.image_position, L = x.size(1);
+    x = at::cat({x.narrow(1, 0, p), features.to(x.scalar_type()), x.narrow(1, p + 1, L - p - 1)}, 1);  // [B, L', H]
+  }
+  LlamaInput in;
+  in.inputs_embeds = x;
+  LlamaForwardOptions fo;
+  fo.logits = LogitsMode::None;
+  const at::Tensor h = lm->forward(in, nullptr, fo).last_hidden_state;  // [B, L', H]
+  const at::Tensor picked = h.reshape({-1, h.size(2)}).index_select(0, b.rows);  // [N, H]
+  return at::cross_entropy_loss(lm->logits(picked).to(at::kFloat), b.labels);
+}
+
+// [B, 3, S, S] -> [B, (S/P)^2, 3 P P]: each patch's pixels, the decoder head's target.
+at::Tensor patchify(const at::Tensor& px, int64_t p) {
+  const int64_t B = px.size(0), C = px.size(1), g = px.size(2) / p;
+  return px.view({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, g * g, C * p * p});
+}
+
+std::string decode_for_log(const VlmVocab& v, const std::vector<int64_t>& ids) {
+  std::string out;
+  std::vector<int> run;
+  auto flush = [&] {
+    if (!run.empty()) out += v.tokenizer.decode(run);
+    run.clear();
+  };
+  for (int64_t id : ids) {
+    if (id == v.image_token) {
+      flush();
+      out += "<image>";
+    } else if (id == v.eos) {
+      flush();
+      out += "</s>";
+    } else if (id >= 0 && id < static_cast<int64_t>(v.tokenizer.vocab_size())) {
+      run.push_back(static_cast<int>(id));
+    }
+  }
+  flush();
+  std::replace(out.begin(), out.end(), '\n', '|');
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stages
+
+struct ResolvedStage {
+  std::string name;
+  int64_t steps, warmup, batch;
+  double lr;
+};
+
+ResolvedStage resolve_stage(const std::string& name, const VlmStageSchedule& s, const StageDefaults& d,
+                            const VlmTrainOptions& o) {
+  ResolvedStage r;
+  r.name = name;
+  r.steps = s.steps >= 0 ? s.steps : (o.tiny ? 2 : d.steps);
+  r.lr = s.lr > 0 ? s.lr : d.lr;
+  r.warmup = std::min(s.warmup >= 0 ? s.warmup : (o.tiny ? 0 : d.warmup), r.steps / 2);
+  const int64_t run_batch = o.batch > 0 ? o.batch : (o.tiny ? 2 : 8);
+  r.batch = s.batch > 0 ? s.batch : (d.batch > 0 ? (o.tiny ? 4 : d.batch) : run_batch);
+  return r;
+}
+
+// Runs (or resumes, or skips when done) one stage over `params`. loss_fn(data_seed) -> scalar.
+VlmStageReport run_stage(const ResolvedStage& st, uint64_t stage_seed, const NamedTensors& params,
+                         const VlmTrainOptions& o, double ema,
+                         const std::function<at::Tensor(uint64_t data_seed)>& loss_fn) {
+  const auto log = log_of(o);
+  VlmStageReport r;
+  r.name = st.name;
+  if (st.steps == 0) {
+    r.skipped = true;
+    log("[" + st.name + "] skipped (0 steps)");
+    return r;
+  }
+  TrainerOptions t;
+  t.name = st.name;
+  t.steps = st.steps;
+  t.lr = st.lr;
+  t.warmup_steps = st.warmup;
+  t.seed = stage_seed;
+  t.ema_decay = ema;
+  t.log_every = o.log_every;
+  t.checkpoint_every = o.checkpoint_every;
+  t.checkpoint_dir = o.work_dir.empty() ? "" : (fs::path(o.work_dir) / st.name).string();
+  t.log = log;
+  t.progress = o.progress;
+  Trainer trainer(params, t);
+  trainer.resume();
+  r.start_step = trainer.current_step();
+  if (trainer.done()) {
+    r.skipped = true;
+    r.final_step = trainer.current_step();
+    log("[" + st.name + "] already done (" + str(r.final_step) + " steps in " + t.checkpoint_dir + "): skipped");
+  } else {
+    int64_t params_count = 0;
+    for (const auto& [n, p] : params) params_count += p.numel();
+    log("[" + st.name + "] " + str(params_count) + " trained parameters, " + str(st.steps) + " steps, lr " +
+        std::to_string(st.lr) + ", batch " + str(st.batch));
+    const uint64_t fixed_seed = world::hash_combine(stage_seed, 0xf12edull);
+    const auto t0 = Clock::now();
+    trainer.run([&](int64_t, at::Generator&) {
+      at::Tensor loss = loss_fn(o.fixed_batch ? fixed_seed : trainer.step_seed());
+      r.losses.push_back(loss.item<double>());
+      return loss;
+    });
+    r.final_step = trainer.current_step();
+    if (r.final_step > r.start_step)
+      r.seconds_per_step = seconds_since(t0) / static_cast<double>(r.final_step - r.start_step);
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "[%s] finished: %.3f s/step, loss %.4f -> %.4f", st.name.c_str(), r.seconds_per_step,
+                  r.losses.front(), r.losses.back());
+    log(buf);
+  }
+  if (ema > 0) trainer.swap_ema();  // the model carries the EMA weights from here on
+  return r;
+}
+
+void set_trainable(torch::nn::Module& m, bool on) {
+  for (auto& p : m.parameters(true)) p.set_requires_grad(on);
+}
+
+// The run's settings that a work folder's checkpoints depend on.
+Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const ResolvedStage& text, const ResolvedStage& vision) {
+  return {{"config", config},
+          {"seed", o.seed},
+          {"max_text_tokens", o.max_text_tokens},
+          {"scenes", o.scenes},
+          {"describe_probability", o.describe_probability},
+          {"train_vision", o.train_vision},
+          {"finetune_ema", o.finetune_ema},
+          {"text_batch", text.batch},
+          {"batch", vision.batch},
+          {"fixed_batch", o.fixed_batch}};
+}
+
+void check_work_dir(const std::string& work, const Json& fingerprint) {
+  if (work.empty()) return;
+  const fs::path path = fs::path(work) / "vlm_run.json";
+  if (fs::exists(path)) {
+    const Json old = read_json_file(path.string());
+    for (const auto& [key, value] : fingerprint.items())
+      if (!old.contains(key) || old[key] != value)
+        throw ConfigError(path.string() + ": this work folder was made with another \"" + key +
+                          "\" (model sizes, tokenizer, encoder or data options); use another --work or the same options");
+    return;
+  }
+  write_json(path.string(), fingerprint);
+}
+
+void write_output(const VlmTrainOptions& o, LlavaForConditionalGeneration& model, const Json& config,
+                  const VlmVocab& vocab, const std::string& preprocessor_path) {
+  const fs::path out(o.out_dir);
+  fs::create_directories(out);
+  write_json((out / "config.json").string(), config);
+  write_weights((out / "model.safetensors").string(), *model, o.f16);
+  const fs::path tok = out / "tokenizer.model";
+  std::error_code ec;
+  if (!fs::equivalent(o.tokenizer_path, tok, ec)) fs::copy_file(o.tokenizer_path, tok, fs::copy_options::overwrite_existing);
+  const int64_t size = model->config().vision.image_size;
+  if (fs::is_regular_file(preprocessor_path)) {
+    write_json((out / "preprocessor_config.json").string(), read_json_file(preprocessor_path));
+  } else {
+    write_json((out / "preprocessor_config.json").string(),
+               {{"image_processor_type", "CLIPImageProcessor"}, {"size", {{"shortest_edge", size}}},
+                {"crop_size", {{"height", size}, {"width", size}}}, {"do_resize", true}, {"do_center_crop", true},
+                {"resample", 3}});
+  }
+  write_json((out / "generation_config.json").string(),
+             {{"bos_token_id", vocab.bos}, {"eos_token_id", vocab.eos}, {"do_sample", false}, {"max_new_tokens", 128}});
+}
+
+}  // namespace
+
+// =============================================================================================
+// The run
+
+VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
+  VlmTrainOptions o = o_in;
+  const auto log = log_of(o);
+  if (o.out_dir.empty()) throw ConfigError("VLM training: no output folder given");
+  if (o.max_text_tokens <= 0) o.max_text_tokens = o.tiny ? 64 : 192;
+  if (o.describe_probability < 0 || o.describe_probability > 1)
+    throw ConfigError("VLM training: describe_probability must be in [0, 1]");
+
+  // Inputs first: a missing encoder or tokenizer fails before any work.
+  if (o.encoder_dir.empty()) throw ConfigError("VLM training: no vision encoder folder given");
+  if (!fs::is_directory(o.encoder_dir))
+    throw IoError(o.encoder_dir + ": no such vision encoder folder (the pack's image_encoder/: config.json + safetensors)");
+  const VlmVocab vocab = VlmVocab::load(o.tokenizer_path);
+  const Checkpoint enc_ck = Checkpoint::open(o.encoder_dir);
+  const ModelPart& enc = enc_ck.parts().at(0);
+  if (!enc.has_weights() || enc.config.is_null())
+    throw CheckpointError(o.encoder_dir + ": expected a CLIP vision encoder folder (config.json + model.safetensors)");
+
+  const VlmModelSizes sizes = o.sizes.resolve(o.tiny);
+  const Json config = vlm_llava_config(enc.config, sizes, vocab, o.ftz);
+  const LlavaConfig cfg = LlavaConfig::from_json(config, "VLM config");
+  const ResolvedStage s_aug = resolve_stage("augment", o.augment, kAugment, o);
+  const ResolvedStage s_text = resolve_stage("text", o.text, kText, o);
+  const ResolvedStage s_align = resolve_stage("align", o.align, kAlign, o);
+  const ResolvedStage s_ft = resolve_stage("finetune", o.finetune, kFinetune, o);
+  for (const ResolvedStage* s : {&s_aug, &s_text, &s_align, &s_ft})
+    if (s->steps < 0 || s->batch < 1) throw ConfigError("VLM training: stage " + s->name + " needs steps >= 0 and batch >= 1");
+  check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft));
+
+  // Model: seeded init, the pack's encoder as the vision tower, FtZ fusions starting as identity.
+  at::manual_seed(o.seed);
+  LlavaForConditionalGeneration model(cfg);
+  model->init_weights(world::hash_combine(o.seed, 1));
+  if (model->ftz) model->ftz->init_weights(world::hash_combine(o.seed, 2), 0.02, /*zero_out_proj=*/true);
+  model->vision_tower->load(*enc.weights);
+  model->train();
+  int64_t total_params = 0;
+  for (const auto& p : model->parameters(true)) total_params += p.numel();
+  {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "[vlm] LLaMA %lld x %lld (heads %lld, mlp %lld), vocab %lld (image token %lld), vision %lld x %lld "
+                  "(%lld features, layer %lld)%s: %.2f M parameters",
+                  static_cast<long long>(cfg.text.num_hidden_layers), static_cast<long long>(cfg.text.hidden_size),
+                  static_cast<long long>(cfg.text.num_attention_heads), static_cast<long long>(cfg.text.intermediate_size),
+                  static_cast<long long>(cfg.text.vocab_size), static_cast<long long>(vocab.image_token),
+                  static_cast<long long>(cfg.vision.num_hidden_layers), static_cast<long long>(cfg.vision.hidden_size),
+                  static_cast<long long>(cfg.image_feature_tokens()), static_cast<long long>(cfg.vision_feature_layer),
+                  o.ftz ? " + FtZ conv encoder" : "", static_cast<double>(total_params) / 1e6);
+    log(buf);
+  }
+
+  const std::string pre_path = (fs::path(o.encoder_dir) / "preprocessor_config.json").string();
+  ClipPreprocessConfig pre;
+  if (fs::is_regular_file(pre_path)) {
+    try {
+      pre = ClipPreprocessConfig::from_json(read_json_file(pre_path));
+    } catch (...) {
+      rethrow_with_context(pre_path);
+    }
+  } else {
+    pre.shortest_edge = static_cast<int>(cfg.vision.image_size);
+    pre.crop_h = pre.crop_w = static_cast<int>(cfg.vision.image_size);
+  }
+  const SceneSource scenes(o.seed, o.scenes);
+  const int64_t T = cfg.image_feature_tokens();
+
+  auto image_batch = [&](uint64_t seed, int64_t B, std::vector<world::Scene>* out_scenes) {
+    std::vector<at::Tensor> px;
+    for (int64_t b = 0; b < B; ++b) {
+      world::Rng rng(world::hash_combine(seed, static_cast<uint64_t>(b)));
+      out_scenes->push_back(scenes.draw(rng));
+      px.push_back(scene_pixels(out_scenes->back(), pre));
+    }
+    at::Tensor pixels = at::stack(px);  // [B, 3, S, S]
+    if (pixels.size(2) != cfg.vision.image_size || pixels.size(3) != cfg.vision.image_size)
+      throw ConfigError(pre_path + ": preprocessing gives " + str(pixels.size(3)) + "x" + str(pixels.size(2)) +
+                        " images, the vision encoder takes " + str(cfg.vision.image_size));
+    return pixels;
+  };
+  // Sequences of one step: images with their questions (vision) or contexts (text).
+  auto vision_batch = [&](uint64_t seed, int64_t B) {
+    std::vector<world::Scene> sc;
+    const at::Tensor pixels = image_batch(seed, B, &sc);
+    std::vector<VlmSequence> seqs;
+    for (int64_t b = 0; b < B; ++b) {
+      world::Rng rng(world::hash_combine(seed ^ 0x9e57ull, static_cast<uint64_t>(b)));
+      seqs.push_back(vlm_image_sequence(vocab, training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability),
+                                        o.max_text_tokens));
+    }
+    Batch batch = collate(seqs, vocab, T);
+    batch.pixels = pixels;
+    return std::make_pair(batch, seqs.front());
+  };
+  auto text_batch = [&](uint64_t seed, int64_t B) {
+    std::vector<VlmSequence> seqs;
+    for (int64_t b = 0; b < B; ++b) {
+      world::Rng rng(world::hash_combine(seed, static_cast<uint64_t>(b)));
+      const world::Scene scene = scenes.draw(rng);
+      const std::string context =
+          rng.chance(0.8) ? world::describe_scene(scene, rng) : world::make_caption(scene, rng).text;
+      std::vector<world::Question> qs = training_questions(scene, rng, 0.0);  // no "describe": the context is one
+      seqs.push_back(vlm_text_sequence(vocab, context, qs, o.max_text_tokens));
+    }
+    return std::make_pair(collate(seqs, vocab, 0), seqs.front());
+  };
+
+  VlmTrainReport report;
+  report.parameters = total_params;
+  auto stage_seed = [&](uint64_t k) { return world::hash_combine(o.seed, 0x57a9e000ull + k); };
+
+  // ---- augment: the conv encoder learns to reconstruct the render from its tokens ----
+  if (o.ftz) {
+    auto& aug = dynamic_cast<ConvVisionEncoderImpl&>(*model->ftz->augmenting_encoder);
+    const int64_t P = sizes.aug_patch;
+    torch::nn::Linear head(sizes.aug_hidden, cfg.vision.num_channels * P * P);  // the decoder: token -> patch pixels
+    {
+      at::NoGradGuard no_grad;
+      at::Generator gen = at::detail::createCPUGenerator(stage_seed(100));
+      head->weight.normal_(0.0, 0.02, gen);
+      head->bias.zero_();
+    }
+    set_trainable(*model, false);
+    set_trainable(aug, true);
+    NamedTensors params = named_trainable_parameters(aug, "encoder.");
+    for (auto& p : named_trainable_parameters(*head, "head.")) params.push_back(p);
+    report.stages.push_back(run_stage(s_aug, stage_seed(0), params, o, 0.0, [&](uint64_t seed) {
+      std::vector<world::Scene> sc;
+      const at::Tensor px = image_batch(seed, s_aug.batch, &sc);         // [B, 3, S, S]
+      const at::Tensor tokens = aug.hidden_states(px, aug.num_layers()).back();  // [B, N, D]
+      return at::mse_loss(head(tokens), patchify(px, P));
+    }));
+  }
+
+  // ---- text: the LM alone ----
+  set_trainable(*model, false);
+  set_trainable(*model->language_model, true);
+  {
+    const auto ex = text_batch(stage_seed(1), 1);
+    log("[text] example: " + decode_for_log(vocab, ex.second.ids));
+  }
+  report.stages.push_back(run_stage(s_text, stage_seed(1), named_trainable_parameters(*model->language_model, "lm."), o,
+                                    0.0, [&](uint64_t seed) {
+                                      const Batch b = text_batch(seed, s_text.batch).first;
+                                      return lm_loss(model, b, at::Tensor());
+                                    }));
+
+  // Image features with gradients only where something in the vision path trains.
+  auto features = [&](const at::Tensor& pixels, bool vision_trains) {
+    if (vision_trains) return model->image_features(pixels);
+    at::Tensor v;
+    {
+      at::NoGradGuard no_grad;
+      v = model->vision_features(pixels);
+    }
+    return model->multi_modal_projector(v);
+  };
+  {
+    const auto ex = vision_batch(stage_seed(2), 1);
+    log("[align] example (" + str(ex.second.turns) + " turns): " + decode_for_log(vocab, ex.second.ids));
+  }
+
+  // ---- align: projector (+ fusion), LM and vision frozen ----
+  set_trainable(*model, false);
+  set_trainable(*model->multi_modal_projector, true);
+  NamedTensors align_params = named_trainable_parameters(*model->multi_modal_projector, "projector.");
+  if (model->ftz) {
+    set_trainable(*model->ftz->fusions, true);
+    for (auto& p : named_trainable_parameters(*model->ftz->fusions, "ftz.fusions.")) align_params.push_back(p);
+  }
+  report.stages.push_back(run_stage(s_align, stage_seed(2), align_params, o, 0.0, [&](uint64_t seed) {
+    const Batch b = vision_batch(seed, s_align.batch).first;
+    return lm_loss(model, b, features(b.pixels, static_cast<bool>(model->ftz)));
+  }));
+
+  // ---- finetune: LM + projector (+ fusion, + vision with train_vision) ----
+  set_trainable(*model, false);
+  set_trainable(*model->language_model, true);
+  set_trainable(*model->multi_modal_projector, true);
+  if (model->ftz) set_trainable(*model->ftz->fusions, true);
+  if (o.train_vision) {
+    set_trainable(*model->vision_tower, true);
+    if (model->ftz) set_trainable(*model->ftz, true);
+  }
+  const bool vision_trains = o.train_vision || static_cast<bool>(model->ftz);
+  report.stages.push_back(run_stage(s_ft, stage_seed(3), named_trainable_parameters(*model), o, o.finetune_ema,
+                                    [&](uint64_t seed) {
+                                      const Batch b = vision_batch(seed, s_ft.batch).first;
+                                      return lm_loss(model, b, features(b.pixels, vision_trains));
+                                    }));
+
+  // ---- export ----
+  set_trainable(*model, false);
+  model->eval();
+  write_output(o, model, config, vocab, pre_path);
+  report.output = o.out_dir;
+  log("[vlm] wrote " + o.out_dir + " (" + str(total_params) + " parameters, " + (o.f16 ? "F16" : "F32") + ")");
+
+  if (o.check > 0) {
+    VqaModel m = VqaModel::load(o.out_dir);
+    const auto t0 = Clock::now();
+    report.check = check_vlm(m, o.check, o.seed);
+    log("[check] " + str(report.check.questions) + " held-out questions in " +
+        std::to_string(seconds_since(t0)).substr(0, 5) + " s\n" + format_check_report(report.check));
+  }
+  return report;
+}
+
+// =============================================================================================
+// Check
+
+namespace {
+
+std::string normalize_answer(const std::string& s) {
+  std::string t = trim(s);
+  while (!t.empty() && (t.back() == '.' || t.back() == ' ')) t.pop_back();
+  for (char& c : t) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return t;
+}
+
+}  // namespace
+
+VlmCheckReport check_vlm(VqaModel& m, int64_t n, uint64_t seed) {
+  VlmCheckReport r;
+  VqaOptions vo;
+  vo.max_new_tokens = 24;
+  const uint64_t base = world::hash_combine(seed, 0xc4ec4ull);
+  for (uint64_t i = 0; r.questions < n && i < 1000000; ++i) {
+    const uint64_t s = world::sample_seed(base, i);
+    const world::Scene scene = world::sample_scene(s);
+    if (world::scene_split(scene) != world::Split::HeldOut) continue;
+    world::Rng rng(world::hash_combine(s, 0x9a11ull));
+    world::QuestionOptions qo;
+    qo.split = world::Split::HeldOut;
+    std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
+    qs.erase(std::remove_if(qs.begin(), qs.end(), [](const world::Question& q) { return q.kind == "describe"; }), qs.end());
+    rng.shuffle(qs);
+    if (qs.size() > 4) qs.resize(4);  // a few per scene: more scenes
+    const Image image = world::render_scene(scene);
+    for (const world::Question& q : qs) {
+      if (r.questions >= n) break;
+      const VqaAnswer a = ask(m, image, q.question, vo);
+      const bool ok = normalize_answer(a.text) == normalize_answer(q.answer);
+      ++r.questions;
+      r.correct += ok;
+      auto& k = r.by_kind[q.kind];
+      k.first += ok;
+      ++k.second;
+      if (r.examples.size() < 8) r.examples.push_back(q.question + " -> " + trim(a.text) + (ok ? "" : "  (want: " + q.answer + ")"));
+    }
+  }
+  return r;
+}
+
+std::string format_check_report(const VlmCheckReport& r) {
+  std::string out;
+  char buf[160];
+  for (const auto& [kind, cn] : r.by_kind) {
+    std::snprintf(buf, sizeof buf, "  %-11s %4lld/%-4lld %5.1f%%\n", kind.c_str(), static_cast<long long>(cn.first),
+                  static_cast<long long>(cn.second), cn.second ? 100.0 * cn.first / cn.second : 0.0);
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, "  %-11s %4lld/%-4lld %5.1f%%", "all", static_cast<long long>(r.correct),
+                static_cast<long long>(r.questions), 100.0 * r.accuracy());
+  out += buf;
+  for (const std::string& e : r.examples) out += "\n  e.g. " + e;
+  return out;
+}
+
+}  // namespace iris

@@ -1,0 +1,152 @@
+#pragma once
+// The starter pack's VLM (issue 9): a LLaVA-1.5-layout model trained from scratch on Tinyworld,
+// in stages, each resumable from its Trainer checkpoint in work_dir/<stage> and skipped once done:
+//
+//   augment   (FtZ only) the augmenting conv encoder + a linear patch decoder, trained to
+//             reconstruct the 64x64 render from the encoder's tokens (pixel-level perception)
+//   text      the LLaMA decoder alone, language modelling on Tinyworld text laid out like the
+//             VQA prompts with a scene description or caption where the image goes:
+//               <s> USER: {description}\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
+//             (loss on every token): the LM learns the language and to answer from scene content
+//   align     projector (+ FtZ fusion) with LM and vision frozen (LLaVA stage 1)
+//   finetune  LM + projector (+ fusion; + vision with train_vision) (LLaVA stage 2)
+//
+// Image sequences (align, finetune), one per image, questions in a random order:
+//   first turn: exactly vqa_prompt_ids (BOS, "USER: <image>\n{q} ASSISTANT:" split at <image>,
+//               pieces encoded with SentencePiece defaults), then encode(answer) + EOS
+//   each further turn: encode("USER: {q} ASSISTANT:") then encode(answer) + EOS
+//   loss on every answer token and its EOS; turns are added while the text fits max_text_tokens.
+// Questions are world::make_questions on training-split scenes with training templates: every
+// kind, the POPE existence probes and (with describe_probability) "Describe the image.".
+// Data of step s depends on (seed, s) only, so a resumed run continues bit for bit.
+//
+// Output folder (VqaModel::load / `iris ask` read it): config.json (LlavaConfig with the
+// encoder's vision_config, text_config, image_token_index, optional "ftz" block),
+// model.safetensors (F16), tokenizer.model, preprocessor_config.json, generation_config.json.
+// The image token is the tokenizer's user symbol "<image>" when it has one, else id
+// vocab_size (the LM's vocabulary is then one larger).
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/json_util.h"
+#include "core/progress.h"
+#include "core/sentencepiece.h"
+#include "world/captions.h"
+
+namespace iris {
+
+struct VqaModel;
+
+// Model sizes; a field left at 0 takes the default of resolve(tiny) (feature_layer and
+// tie_embeddings are used as given).
+struct VlmModelSizes {
+  int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, intermediate = 0, max_positions = 0;
+  bool tie_embeddings = true;
+  int64_t feature_layer = -2;  // LLaVA's vision_feature_layer (hidden_states index of the tower)
+  // FtZ augmenting encoder (conv) and fusion.
+  int64_t aug_hidden = 0, aug_layers = 0, aug_patch = 0, aug_groups = 0, ftz_heads = 0;
+  // Zero fields take the defaults for full-size or test-sized (`tiny`) models.
+  VlmModelSizes resolve(bool tiny) const;
+};
+
+// One stage's schedule: steps < 0 = the default, 0 = skip the stage; lr 0 = default;
+// warmup < 0 = default.
+struct VlmStageSchedule {
+  int64_t steps = -1;
+  double lr = 0;
+  int64_t warmup = -1;
+  int64_t batch = 0;  // 0: the run's batch (images for augment, sequences otherwise)
+};
+
+struct VlmTrainOptions {
+  std::string encoder_dir;     // CLIP vision encoder folder (config.json, weights, preprocessor_config.json)
+  std::string tokenizer_path;  // SentencePiece tokenizer.model (copied into out_dir)
+  std::string out_dir;         // the LLaVA folder written
+  std::string work_dir;        // checkpoints (work_dir/<stage>); "" = not resumable
+  bool tiny = false;           // test-sized models and batches
+  bool ftz = false;            // FtZ: conv augmenting encoder + fusion
+  bool train_vision = false;   // finetune also trains the vision tower (and the augmenting encoder)
+  VlmModelSizes sizes;
+  VlmStageSchedule augment, text, align, finetune;
+  int64_t batch = 0;            // sequences per step (0: 8, tiny 2)
+  int64_t max_text_tokens = 0;  // text tokens per sequence (0: 192, tiny 64); images add their features
+  int64_t scenes = 0;           // training scenes to draw from (0: a fresh scene every time)
+  double describe_probability = 0.5;  // a sequence includes "Describe the image." and its long answer
+  double finetune_ema = 0.0;    // > 0: EMA of the finetune parameters, exported instead of the live ones
+  uint64_t seed = 0;
+  int64_t log_every = 25, checkpoint_every = 200;
+  int64_t check = 0;            // > 0: answer this many held-out questions at the end (exact match)
+  bool fixed_batch = false;     // every step of a stage sees the same data (tests)
+  bool f16 = true;              // exported weights as F16
+  std::function<void(const std::string&)> log;  // stdout when empty
+  Progress progress;            // per step of each stage; cancellation between steps
+};
+
+struct VlmStageReport {
+  std::string name;
+  bool skipped = false;         // 0 steps, or already done in work_dir
+  int64_t start_step = 0, final_step = 0;
+  double seconds_per_step = 0;  // mean over the steps this call ran
+  std::vector<double> losses;   // per step this call ran
+};
+
+struct VlmCheckReport {
+  int64_t questions = 0, correct = 0;
+  std::map<std::string, std::pair<int64_t, int64_t>> by_kind;  // kind -> (correct, asked)
+  std::vector<std::string> examples;                            // a few "Q -> answer (want)" lines
+  double accuracy() const { return questions ? static_cast<double>(correct) / static_cast<double>(questions) : 0.0; }
+};
+
+struct VlmTrainReport {
+  std::vector<VlmStageReport> stages;
+  VlmCheckReport check;
+  int64_t parameters = 0;  // exported model's parameter count
+  std::string output;
+};
+
+// Runs the stages (see the top of this file), exports out_dir, and checks it when asked.
+// Throws IoError for a missing encoder folder / tokenizer file, ConfigError for bad options or
+// a work_dir made with other sizes, Cancelled when progress asks to stop (checkpoints kept).
+VlmTrainReport train_vlm(const VlmTrainOptions& options);
+
+// ---- Pieces, public for tests and the eval ------------------------------------------------
+
+// The tokenizer with the ids the model uses.
+struct VlmVocab {
+  SentencePieceTokenizer tokenizer;
+  int64_t image_token = 0, bos = -1, eos = -1;
+  int64_t vocab_size = 0;  // the LM's vocabulary (tokenizer pieces, + 1 when <image> is appended)
+  // Throws IoError (missing file) / FormatError (bad model) / ConfigError (no EOS piece).
+  static VlmVocab load(const std::string& tokenizer_path);
+  std::vector<int64_t> encode(const std::string& text) const;
+};
+
+// One training sequence: text token ids (the <image> token once for image sequences) and which
+// of them are loss targets (target[k]: ids[k] is predicted from position k - 1).
+struct VlmSequence {
+  std::vector<int64_t> ids;
+  std::vector<uint8_t> target;
+  int64_t image_position = -1;  // index of the <image> token; -1 for text sequences
+  int64_t turns = 0;
+};
+// The image sequence of the questions (in the given order; at least the first one, its answer
+// cut when even it does not fit).
+VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& questions, int64_t max_text_tokens);
+// The text-stage sequence: `context` (a description or caption) where the image goes.
+VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, const std::vector<world::Question>& questions,
+                              int64_t max_text_tokens);
+
+// The LLaVA config.json object for an encoder's vision config, the sizes and the vocabulary.
+Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, const VlmVocab& vocab, bool ftz);
+
+// Answers `n` questions about held-out scenes (held-out templates included; descriptions
+// excluded) greedily and counts exact matches (case and a final period ignored).
+VlmCheckReport check_vlm(VqaModel& model, int64_t n, uint64_t seed = 0);
+
+// "kind  correct/asked  acc" lines and the total.
+std::string format_check_report(const VlmCheckReport& r);
+
+}  // namespace iris

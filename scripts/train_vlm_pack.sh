@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Trains the starter pack's VLM half from scratch with fixed seeds, on 2 CPU cores, after the
+# image half (scripts/train_starter_pack.sh) has made the CLIP image encoder:
+#
+#   scripts/train_vlm_pack.sh                  # -> assets/starter/vlm/
+#
+# Stages (each prints step, loss, it/s and ETA; `iris train vlm` resumes each of its own
+# stages from $WORK/vlm/<stage>, so rerunning the command after an interruption continues where
+# it stopped, and a finished stage is skipped):
+#   1. SentencePiece BPE tokenizer on Tinyworld text   iris train spm  -> $WORK/spm/tokenizer.model
+#   2. The VLM (LLaVA layout; FtZ with FTZ=1):         iris train vlm  -> $OUT (config.json,
+#        augment (FtZ conv encoder, pixel reconstruction), text (LM from scratch),   model.safetensors,
+#        align (projector + fusion), finetune (LM + projector + fusion)              tokenizer.model, ...)
+#      ending with a quick exact-match check on CHECK held-out questions
+#   3. Held-out eval (VQA accuracy, POPE F1, CHAIR)    iris eval vlm   -> $WORK/eval_vlm.json
+#
+# Environment:
+#   OUT=DIR        the VLM folder (default assets/starter/vlm)
+#   WORK=DIR       tokenizer and checkpoints, kept out of git (default runs/starter-vlm)
+#   ENCODER=DIR    the CLIP vision encoder (default assets/starter/image_encoder)
+#   IRIS=PATH      the iris binary (default build/app/iris)
+#   FTZ=1          train the FtZ augmenting encoder and fusion
+#   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
+#   THREADS=N      CPU threads (default 0: all cores)
+#   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   override the default step counts
+#   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
+#   EVAL_N=N       eval questions (default 500; 0 skips the eval)
+#   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-assets/starter/vlm}
+WORK=${WORK:-runs/starter-vlm}
+ENCODER=${ENCODER:-assets/starter/image_encoder}
+IRIS=${IRIS:-build/app/iris}
+VOCAB=${VOCAB:-512}
+SPM_SCENES=${SPM_SCENES:-20000}
+THREADS=${THREADS:-0}
+CHECK=${CHECK:-200}
+EVAL_N=${EVAL_N:-500}
+SEED=1234
+EXTRA=()
+if [ "${SMOKE:-0}" = 1 ]; then
+  SPM_SCENES=${SPM_SCENES_SMOKE:-200}
+  VOCAB=${VOCAB_SMOKE:-400}
+  CHECK=${CHECK_SMOKE:-4}
+  EVAL_N=${EVAL_N_SMOKE:-8}
+  EXTRA=(--tiny --log-every 1)
+fi
+[ "${FTZ:-0}" = 1 ] && EXTRA+=(--ftz)
+[ -x "$IRIS" ] || { echo "error: $IRIS not found; build first (scripts/build.sh) or set IRIS=" >&2; exit 1; }
+[ -d "$ENCODER" ] || { echo "error: $ENCODER: no image encoder; run scripts/train_starter_pack.sh first or set ENCODER=" >&2; exit 1; }
+mkdir -p "$WORK" "$OUT"
+
+# Runs stage $1 unless $WORK/$1.done exists; a new tokenizer invalidates the VLM's checkpoints.
+stage() {
+  local name=$1
+  shift
+  if [ -f "$WORK/$name.done" ]; then
+    echo "== $name: done (delete $WORK/$name.done to redo)"
+    return
+  fi
+  echo "== $name"
+  local t0=$SECONDS
+  "$@"
+  echo "$((SECONDS - t0)) s" > "$WORK/$name.done"
+  echo "== $name finished in $((SECONDS - t0)) s"
+  case $name in
+    spm) rm -rf "$WORK/vlm.done" "${WORK:?}/vlm" ;;
+  esac
+}
+
+steps() { [ -n "${2:-}" ] && echo "--$1-steps $2" || true; }
+
+stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" --out "$WORK/spm"
+stage vlm $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
+  --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
+  $(steps augment "${AUGMENT_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
+  $(steps finetune "${FINETUNE_STEPS:-}") "${EXTRA[@]}"
+
+echo "== VLM: $OUT ($(du -sh "$OUT" | cut -f1))"
+if [ "$EVAL_N" -gt 0 ]; then
+  echo "== eval (held-out scenes and templates)"
+  $IRIS eval vlm --model "$OUT" --questions "$EVAL_N" --threads "$THREADS" --json "$WORK/eval_vlm.json"
+fi

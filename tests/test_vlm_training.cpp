@@ -1,0 +1,242 @@
+// `iris train vlm` (pipelines/vlm_training.h) on test-sized models: the written folder loads with
+// VqaModel::load and answers; the first turn is tokenized exactly like vqa_prompt_ids; an
+// interrupted run resumes to the same weights; the loss falls on a fixed batch; bad inputs give
+// clear errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/safetensors.h"
+#include "diffusion/clip.h"
+#include "pipelines/random_model.h"
+#include "pipelines/starter_pack.h"
+#include "pipelines/vlm_training.h"
+#include "pipelines/vqa.h"
+#include "test_util.h"
+#include "world/render.h"
+#include "world/scene.h"
+
+namespace fs = std::filesystem;
+using namespace iris;
+
+namespace {
+
+// A random test-sized CLIP vision encoder folder, like the pack's image_encoder/.
+std::string make_encoder(const fs::path& dir) {
+  const Json cfg = starter_vision_config(/*tiny=*/true);
+  torch::NoGradGuard no_grad;
+  at::manual_seed(3);
+  ClipVisionModel enc(ClipVisionConfig::from_json(cfg, "test encoder"), true);
+  write_json((dir / "config.json").string(), cfg);
+  write_weights((dir / "model.safetensors").string(), *enc, false);
+  write_json((dir / "preprocessor_config.json").string(),
+             {{"size", {{"shortest_edge", 64}}}, {"crop_size", {{"height", 64}, {"width", 64}}}, {"resample", 3}});
+  return dir.string();
+}
+
+std::string make_tokenizer(const fs::path& path) {
+  std::ofstream f(path, std::ios::binary);
+  f << tiny_sentencepiece_model();
+  return path.string();
+}
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+VlmTrainOptions tiny_options(const fs::path& root, int64_t steps) {
+  VlmTrainOptions o;
+  o.encoder_dir = make_encoder(root / "encoder");
+  o.tokenizer_path = make_tokenizer(root / "tok.model");
+  o.out_dir = (root / "out").string();
+  o.work_dir = (root / "work").string();
+  o.tiny = true;
+  o.seed = 7;
+  for (VlmStageSchedule* s : {&o.augment, &o.text, &o.align, &o.finetune}) s->steps = steps;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
+world::Question question(const std::string& q, const std::string& a) {
+  world::Question x;
+  x.kind = "color";
+  x.question = q;
+  x.answer = a;
+  return x;
+}
+
+}  // namespace
+
+TEST(VlmTraining, TinyFtzRunWritesAFolderThatLoadsAndAnswers) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 2);
+  o.ftz = true;
+  o.check = 3;
+  const VlmTrainReport r = train_vlm(o);
+  ASSERT_EQ(r.stages.size(), 4u);
+  EXPECT_EQ(r.stages[0].name, "augment");
+  for (const VlmStageReport& s : r.stages) {
+    EXPECT_FALSE(s.skipped) << s.name;
+    EXPECT_EQ(s.final_step, 2) << s.name;
+    for (double l : s.losses) EXPECT_TRUE(std::isfinite(l)) << s.name;
+  }
+  EXPECT_EQ(r.check.questions, 3);
+
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "preprocessor_config.json",
+                        "generation_config.json"})
+    EXPECT_TRUE(fs::is_regular_file(root / "out" / f)) << f;
+  const Json cfg = read_json_file((root / "out/config.json").string());
+  const VlmVocab vocab = VlmVocab::load(o.tokenizer_path);
+  EXPECT_EQ(cfg["image_token_index"].get<int64_t>(), static_cast<int64_t>(vocab.tokenizer.vocab_size()));
+  EXPECT_EQ(cfg["text_config"]["vocab_size"].get<int64_t>(), vocab.vocab_size);
+  EXPECT_TRUE(cfg.contains("ftz"));
+  const TensorStore store = TensorStore::open((root / "out/model.safetensors").string());
+  EXPECT_EQ(store.info("multi_modal_projector.linear_1.weight").dtype, DType::F16);
+  bool has_ftz = false;
+  for (const std::string& n : store.names()) has_ftz = has_ftz || n.rfind("ftz.augmenting_encoder.", 0) == 0;
+  EXPECT_TRUE(has_ftz);
+
+  VqaModel m = VqaModel::load((root / "out").string());
+  EXPECT_TRUE(static_cast<bool>(m.model->ftz));
+  VqaOptions vo;
+  vo.max_new_tokens = 4;
+  const VqaAnswer a = ask(m, world::render_scene(world::sample_scene(1)), "What color is the circle?", vo);
+  EXPECT_GE(a.stats.generated_tokens, 1);
+  EXPECT_EQ(a.stats.prompt_tokens, a.stats.text_tokens - 1 + m.model->config().image_feature_tokens());
+}
+
+TEST(VlmTraining, FirstTurnIsTokenizedLikeVqaPromptIds) {
+  const fs::path root = testing_util::scratch_dir();
+  write_random_llava((root / "llava").string(), tiny_llava_spec());
+  const VqaModel m = VqaModel::load((root / "llava").string());
+  const VlmVocab v = VlmVocab::load((root / "llava/tokenizer.model").string());
+  ASSERT_EQ(v.image_token, m.model->config().image_token_index);
+
+  const std::vector<world::Question> qs = {question("What color is the circle?", "red"),
+                                           question("Is there a blue square?", "no")};
+  const VlmSequence s = vlm_image_sequence(v, qs, 200);
+  const std::vector<int64_t> prompt = vqa_prompt_ids(m, qs[0].question);
+  ASSERT_GT(s.ids.size(), prompt.size());
+  EXPECT_EQ(std::vector<int64_t>(s.ids.begin(), s.ids.begin() + static_cast<long>(prompt.size())), prompt);
+  EXPECT_EQ(s.ids[static_cast<size_t>(s.image_position)], v.image_token);
+  EXPECT_EQ(s.turns, 2);
+
+  // First answer + EOS are targets, the prompt is not; then "USER: q ASSISTANT:" (no target)
+  // and the second answer + EOS (targets).
+  std::vector<int64_t> want = prompt;
+  std::vector<uint8_t> target(prompt.size(), 0);
+  auto add = [&](std::vector<int64_t> ids, bool t) {
+    want.insert(want.end(), ids.begin(), ids.end());
+    target.insert(target.end(), ids.size(), t ? 1 : 0);
+  };
+  std::vector<int64_t> a1 = v.encode("red"), a2 = v.encode("no");
+  a1.push_back(v.eos);
+  a2.push_back(v.eos);
+  add(a1, true);
+  add(v.encode("USER: Is there a blue square? ASSISTANT:"), false);
+  add(a2, true);
+  EXPECT_EQ(s.ids, want);
+  EXPECT_EQ(s.target, target);
+
+  // Too little room: the second turn is left out, the first answer kept.
+  const VlmSequence short_seq = vlm_image_sequence(v, qs, static_cast<int64_t>(prompt.size() + a1.size()));
+  EXPECT_EQ(short_seq.turns, 1);
+  EXPECT_EQ(short_seq.ids.size(), prompt.size() + a1.size());
+
+  // Text sequences: the context where the image goes, loss on every token after BOS.
+  const VlmSequence t = vlm_text_sequence(v, "A red circle.", qs, 200);
+  EXPECT_EQ(t.image_position, -1);
+  EXPECT_EQ(std::count(t.ids.begin(), t.ids.end(), v.image_token), 0);
+  EXPECT_EQ(t.target[0], 0);
+  EXPECT_EQ(std::count(t.target.begin(), t.target.end(), 1), static_cast<long>(t.ids.size()) - 1);
+}
+
+TEST(VlmTraining, InterruptedRunResumesToTheSameWeights) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions a = tiny_options(root / "a", 3);
+  a.checkpoint_every = 1;
+  train_vlm(a);
+
+  VlmTrainOptions b = tiny_options(root / "b", 3);
+  b.checkpoint_every = 1;
+  int steps = 0;
+  b.progress.on_step = [&](int, int, const std::string&) { ++steps; };
+  b.progress.should_cancel = [&] { return steps >= 4; };  // stops inside align (text 3 + 1)
+  EXPECT_THROW(train_vlm(b), Cancelled);
+  EXPECT_FALSE(fs::exists(root / "b/out/model.safetensors"));
+
+  b.progress = Progress();
+  const VlmTrainReport r = train_vlm(b);
+  ASSERT_EQ(r.stages.size(), 3u);
+  EXPECT_TRUE(r.stages[0].skipped);  // text was done
+  EXPECT_EQ(r.stages[1].start_step, 1);
+  EXPECT_EQ(r.stages[1].final_step, 3);
+  EXPECT_EQ(r.stages[2].start_step, 0);
+  EXPECT_EQ(read_bytes(root / "a/out/model.safetensors"), read_bytes(root / "b/out/model.safetensors"));
+
+  // Everything done: a third run skips every stage and writes the same folder.
+  const VlmTrainReport again = train_vlm(b);
+  for (const VlmStageReport& s : again.stages) EXPECT_TRUE(s.skipped) << s.name;
+  EXPECT_EQ(read_bytes(root / "a/out/model.safetensors"), read_bytes(root / "b/out/model.safetensors"));
+}
+
+TEST(VlmTraining, LossFallsOnAFixedBatch) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.work_dir.clear();
+  o.fixed_batch = true;
+  o.finetune.steps = 15;
+  o.finetune.lr = 5e-3;
+  o.finetune.warmup = 0;
+  const VlmTrainReport r = train_vlm(o);
+  const std::vector<double>& l = r.stages.back().losses;
+  ASSERT_EQ(l.size(), 15u);
+  EXPECT_LT(l.back(), 0.5 * l.front()) << "first " << l.front() << " last " << l.back();
+}
+
+TEST(VlmTraining, BadInputsFailWithClearErrors) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 1);
+  auto message_of = [&](const VlmTrainOptions& x) -> std::string {
+    try {
+      train_vlm(x);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  {
+    VlmTrainOptions x = o;
+    x.encoder_dir = (root / "no_encoder").string();
+    EXPECT_THROW(train_vlm(x), IoError);
+    EXPECT_NE(message_of(x).find("no_encoder: no such vision encoder folder"), std::string::npos) << message_of(x);
+  }
+  {
+    VlmTrainOptions x = o;
+    x.tokenizer_path = (root / "missing.model").string();
+    EXPECT_THROW(train_vlm(x), IoError);
+    EXPECT_NE(message_of(x).find("missing.model: no such tokenizer file"), std::string::npos) << message_of(x);
+  }
+  {
+    VlmTrainOptions x = o;
+    x.tokenizer_path = (root / "bad.model").string();
+    std::ofstream(x.tokenizer_path) << "not a sentencepiece model";
+    EXPECT_THROW(train_vlm(x), FormatError);
+  }
+  {
+    // A work folder made with other sizes is refused, naming the file.
+    VlmTrainOptions x = o;
+    for (VlmStageSchedule* s : {&x.augment, &x.text, &x.align, &x.finetune}) s->steps = 0;
+    train_vlm(x);
+    x.sizes.hidden = 32;
+    EXPECT_THROW(train_vlm(x), ConfigError);
+    EXPECT_NE(message_of(x).find("vlm_run.json"), std::string::npos) << message_of(x);
+  }
+}
