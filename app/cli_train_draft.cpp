@@ -27,6 +27,7 @@ struct TrainDraftArgs {
   double lr = 3e-4, noise = 0.1;
   uint64_t seed = 0;
   bool text_only = false;
+  bool f16 = false;
 };
 
 void print_evaluation(const char* when, const DraftEvaluation& e) {
@@ -107,7 +108,7 @@ void run_train_llava_draft(const TrainDraftArgs& a) {
   o.loss.mtp_steps = a.mtp_steps;
   o.loss.noise = a.noise;
   train_draft(target, draft, data, o);
-  save_vispec_draft(draft, a.out);
+  save_vispec_draft(draft, a.out, a.f16);
   std::printf("saved the draft to %s\n", a.out.c_str());
   if (!eval_prompts.empty()) {
     print_speed("chain of 4", [&] {
@@ -177,7 +178,7 @@ void run_train_draft(const TrainDraftArgs& a) {
   o.loss.mtp_steps = a.mtp_steps;
   o.loss.noise = a.noise;
   train_draft(target, draft, data, o);
-  save_vispec_draft(draft, a.out);
+  save_vispec_draft(draft, a.out, a.f16);
   std::printf("saved the draft to %s\n", a.out.c_str());
   if (!eval_prompts.empty()) print_evaluation("after", evaluate_draft(target, draft, eval_prompts, eval));
 }
@@ -201,6 +202,7 @@ void add_train_draft_command(CLI::App& app) {
   cmd->add_option("--mtp", args->mtp_steps, "Multi-token-prediction passes fed with the draft's own outputs")->capture_default_str();
   cmd->add_option("--noise", args->noise, "Uniform noise on the input features")->capture_default_str();
   cmd->add_option("--num-q", args->num_q, "Vision adaptor queries (num_q - 1 image tokens + the global feature)")->capture_default_str();
+  cmd->add_flag("--f16", args->f16, "Store the draft's weights in F16 (half the size; loaded back as F32)");
   cmd->add_flag("--text-only", args->text_only, "No vision adaptor and no global feature (an EAGLE-2 draft)");
   cmd->add_option("--eval-prompts", args->eval_prompts, "Prompts to measure tau on before and after")->capture_default_str();
   cmd->add_option("--seed", args->seed, "Seed")->capture_default_str();

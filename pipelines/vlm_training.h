@@ -143,7 +143,7 @@ VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, con
 Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, const VlmVocab& vocab, bool ftz);
 
 // Answers `n` questions about held-out scenes (held-out templates included; descriptions
-// excluded) greedily and counts exact matches (case and a final period ignored).
+// excluded) greedily and counts exact matches (answers_match of pipelines/vlm_eval.h).
 VlmCheckReport check_vlm(VqaModel& model, int64_t n, uint64_t seed = 0);
 
 // "kind  correct/asked  acc" lines and the total.

@@ -12,10 +12,13 @@
 #        augment (FtZ conv encoder, pixel reconstruction), text (LM from scratch),   model.safetensors,
 #        align (projector + fusion), finetune (LM + projector + fusion)              tokenizer.model, ...)
 #      ending with a quick exact-match check on CHECK held-out questions
-#   3. Held-out eval (VQA accuracy, POPE F1, CHAIR)    iris eval vlm   -> $WORK/eval_vlm.json
+#   3. ViSpec draft on the VLM's own descriptions      iris train draft -> $DRAFT_OUT (F16)
+#   4. VISOR variant (universal training + router)     iris train visor -> $VISOR_OUT (F16)
+#   5. Held-out eval (VQA accuracy, POPE F1, CHAIR)    iris eval vlm   -> $WORK/eval_vlm.json
 #
 # Environment:
 #   OUT=DIR        the VLM folder (default assets/starter/vlm)
+#   DRAFT_OUT=DIR / VISOR_OUT=DIR   the draft and VISOR folders (default $OUT-draft, $OUT-visor)
 #   WORK=DIR       tokenizer and checkpoints, kept out of git (default runs/starter-vlm)
 #   ENCODER=DIR    the CLIP vision encoder (default assets/starter/image_encoder)
 #   IRIS=PATH      the iris binary (default build/app/iris)
@@ -29,6 +32,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/starter/vlm}
+DRAFT_OUT=${DRAFT_OUT:-$OUT-draft}
+VISOR_OUT=${VISOR_OUT:-$OUT-visor}
 WORK=${WORK:-runs/starter-vlm}
 ENCODER=${ENCODER:-assets/starter/image_encoder}
 IRIS=${IRIS:-build/app/iris}
@@ -44,6 +49,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   VOCAB=${VOCAB_SMOKE:-400}
   CHECK=${CHECK_SMOKE:-4}
   EVAL_N=${EVAL_N_SMOKE:-8}
+  DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4}
   EXTRA=(--tiny --log-every 1)
 fi
 [ "${FTZ:-0}" = 1 ] && EXTRA+=(--ftz)
@@ -66,6 +72,7 @@ stage() {
   echo "== $name finished in $((SECONDS - t0)) s"
   case $name in
     spm) rm -rf "$WORK/vlm.done" "${WORK:?}/vlm" ;;
+    vlm) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
 
@@ -76,6 +83,17 @@ stage vlm $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.
   --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
   $(steps augment "${AUGMENT_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
   $(steps finetune "${FINETUNE_STEPS:-}") "${EXTRA[@]}"
+
+# The draft's training state stays in $WORK/draft; only its weights and config ship.
+draft_stage() {
+  $IRIS train draft --target "$OUT" --out "$WORK/draft" --scenes "${DRAFT_SCENES:-160}" --answer-tokens 96 \
+    --steps "${DRAFT_STEPS:-500}" --batch 4 --eval-prompts 8 --seed 1 --f16
+  mkdir -p "$DRAFT_OUT"
+  cp "$WORK/draft/config.json" "$WORK/draft/model.safetensors" "$DRAFT_OUT/"
+}
+stage draft draft_stage
+stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-600}" \
+  --threads "$THREADS" --f16 --eval "${VISOR_EVAL:-200}"
 
 echo "== VLM: $OUT ($(du -sh "$OUT" | cut -f1))"
 if [ "$EVAL_N" -gt 0 ]; then

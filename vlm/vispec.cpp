@@ -281,7 +281,7 @@ at::Tensor VispecDraftImpl::forward_text(const at::Tensor& next_embeds, const at
 // =============================================================================================
 // Saving and loading
 
-void save_vispec_draft(VispecDraft& draft, const std::string& folder) {
+void save_vispec_draft(VispecDraft& draft, const std::string& folder, bool f16) {
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(folder, ec);
@@ -293,7 +293,8 @@ void save_vispec_draft(VispecDraft& draft, const std::string& folder) {
     if (!f) throw IoError(join_context(cfg_path, "cannot write"));
   }
   std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& p : draft->named_parameters(/*recurse=*/true)) tensors.emplace_back(p.key(), p.value().detach());
+  for (const auto& p : draft->named_parameters(/*recurse=*/true))
+    tensors.emplace_back(p.key(), f16 ? p.value().detach().to(at::kHalf) : p.value().detach());
   write_safetensors((fs::path(folder) / "model.safetensors").string(), tensors, {{"format", "pt"}});
 }
 

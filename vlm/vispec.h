@@ -133,7 +133,7 @@ class VispecDraftImpl : public torch::nn::Module {
 TORCH_MODULE(VispecDraft);
 
 // A draft folder: config.json + model.safetensors.
-void save_vispec_draft(VispecDraft& draft, const std::string& folder);
+void save_vispec_draft(VispecDraft& draft, const std::string& folder, bool f16 = false);  // f16: half-precision file
 // Loads (strict keys; CheckpointError naming the key) in eval mode, not attached.
 VispecDraft load_vispec_draft(const std::string& folder);
 
