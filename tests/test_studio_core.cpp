@@ -147,6 +147,12 @@ TEST(StudioSettings, ParamsToAndFromSettings) {
 
 // ---- scripts ----
 
+TEST(StudioScript, AskAboutResultIsAButton) {
+  const auto c = parse_script("press ask_about_result\n", "s.txt");
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].args, std::vector<std::string>{"ask_about_result"});
+}
+
 TEST(StudioScript, ParsesCommands) {
   const auto c = parse_script(
       "# demo\n\nset prompt \"a red fox\"\nset size 64x32\nadd_image_prompt /r.png 0.5 style\n"

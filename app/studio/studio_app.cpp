@@ -119,6 +119,14 @@ void StudioApp::press(const std::string& button) {
     s_.seed = static_cast<int64_t>(last_seed_);
   } else if (button == "random_seed") {
     s_.random_seed = true;
+  } else if (button == "ask_about_result") {  // the result view's "Ask about it"
+    if (results_.empty()) throw ConfigError("ask_about_result: no result yet");
+    const size_t i = selected_result_ >= 0 ? static_cast<size_t>(selected_result_) : 0;
+    const auto& r = results_[std::min(i, results_.size() - 1)];
+    ask_image_ = r.image;
+    ask_image_path_ = r.path;
+    ask_tex_.upload(ask_image_, true);
+    select_tab("ask");
   } else {
     throw ConfigError("unknown button \"" + button + "\"");
   }
