@@ -35,6 +35,38 @@ void print_evaluation(const char* when, const DraftEvaluation& e) {
               static_cast<long long>(e.cycles), static_cast<long long>(e.tokens));
 }
 
+// The trainer settings both target kinds share (ViSpec's AdamW betas (0.9, 0.95), clip 0.5).
+DraftTrainOptions draft_train_options(const TrainDraftArgs& a) {
+  DraftTrainOptions o;
+  o.trainer.name = "draft";
+  o.trainer.steps = a.steps;
+  o.trainer.lr = a.lr;
+  o.trainer.beta2 = 0.95;
+  o.trainer.grad_clip = 0.5;
+  o.trainer.warmup_steps = std::min<int64_t>(100, a.steps / 10);
+  o.trainer.seed = a.seed;
+  o.trainer.checkpoint_dir = a.out;
+  o.trainer.checkpoint_every = 250;
+  o.batch = a.batch;
+  o.loss.mtp_steps = a.mtp_steps;
+  o.loss.noise = a.noise;
+  return o;
+}
+
+// --init's draft or a fresh one for `target`, attached (a draft that does not fit the target
+// fails here, before any work).
+VispecDraft new_or_loaded_draft(const TrainDraftArgs& a, LlamaForCausalLM& target) {
+  VispecDraft draft{nullptr};
+  if (!a.init.empty()) {
+    draft = load_vispec_draft(a.init);
+  } else {
+    draft = VispecDraft(VispecConfig::for_target(target->config(), a.num_q, !a.text_only));
+    draft->init_weights(a.seed);
+  }
+  draft->attach(target);
+  return draft;
+}
+
 bool is_llava_folder(const std::string& folder) {
   const std::filesystem::path cfg = std::filesystem::path(folder) / "config.json";
   if (!std::filesystem::exists(cfg)) return false;
@@ -70,14 +102,7 @@ void print_speed(const char* when, const SpeedEvaluation& e) {
 void run_train_llava_draft(const TrainDraftArgs& a) {
   VqaModel m = VqaModel::load(a.target);
   LlamaForCausalLM& target = m.model->language_model;
-  VispecDraft draft{nullptr};
-  if (!a.init.empty()) {
-    draft = load_vispec_draft(a.init);
-  } else {
-    draft = VispecDraft(VispecConfig::for_target(target->config(), a.num_q, !a.text_only));
-    draft->init_weights(a.seed);
-  }
-  draft->attach(target);
+  VispecDraft draft = new_or_loaded_draft(a, target);
 
   std::printf("describing %lld Tinyworld scenes with the target (up to %lld tokens each)\n",
               static_cast<long long>(a.scenes), static_cast<long long>(a.answer_tokens));
@@ -94,20 +119,7 @@ void run_train_llava_draft(const TrainDraftArgs& a) {
   SpeculativeOptions eval;
   eval.generate.max_new_tokens = a.answer_tokens;
 
-  DraftTrainOptions o;
-  o.trainer.name = "draft";
-  o.trainer.steps = a.steps;
-  o.trainer.lr = a.lr;
-  o.trainer.beta2 = 0.95;
-  o.trainer.grad_clip = 0.5;
-  o.trainer.warmup_steps = std::min<int64_t>(100, a.steps / 10);
-  o.trainer.seed = a.seed;
-  o.trainer.checkpoint_dir = a.out;
-  o.trainer.checkpoint_every = 250;
-  o.batch = a.batch;
-  o.loss.mtp_steps = a.mtp_steps;
-  o.loss.noise = a.noise;
-  train_draft(target, draft, data, o);
+  train_draft(target, draft, data, draft_train_options(a));
   save_vispec_draft(draft, a.out, a.f16);
   std::printf("saved the draft to %s\n", a.out.c_str());
   if (!eval_prompts.empty()) {
@@ -139,14 +151,7 @@ void run_train_draft(const TrainDraftArgs& a) {
     };
   const std::vector<std::vector<int64_t>> prompts = read_prompt_file(a.data, encode);
 
-  VispecDraft draft{nullptr};
-  if (!a.init.empty()) {
-    draft = load_vispec_draft(a.init);
-  } else {
-    draft = VispecDraft(VispecConfig::for_target(target->config(), a.num_q, !a.text_only));
-    draft->init_weights(a.seed);
-  }
-  draft->attach(target);  // a draft that does not fit the target fails here, before any work
+  VispecDraft draft = new_or_loaded_draft(a, target);
 
   std::printf("generating %zu answers with the target (up to %lld tokens each)\n", prompts.size(),
               static_cast<long long>(a.answer_tokens));
@@ -164,20 +169,7 @@ void run_train_draft(const TrainDraftArgs& a) {
       prompts.begin(), prompts.begin() + std::min<size_t>(prompts.size(), static_cast<size_t>(std::max<int64_t>(a.eval_prompts, 0))));
   if (!eval_prompts.empty()) print_evaluation("before", evaluate_draft(target, draft, eval_prompts, eval));
 
-  DraftTrainOptions o;
-  o.trainer.name = "draft";
-  o.trainer.steps = a.steps;
-  o.trainer.lr = a.lr;
-  o.trainer.beta2 = 0.95;  // ViSpec's AdamW (0.9, 0.95), clip 0.5
-  o.trainer.grad_clip = 0.5;
-  o.trainer.warmup_steps = std::min<int64_t>(100, a.steps / 10);
-  o.trainer.seed = a.seed;
-  o.trainer.checkpoint_dir = a.out;
-  o.trainer.checkpoint_every = 500;
-  o.batch = a.batch;
-  o.loss.mtp_steps = a.mtp_steps;
-  o.loss.noise = a.noise;
-  train_draft(target, draft, data, o);
+  train_draft(target, draft, data, draft_train_options(a));
   save_vispec_draft(draft, a.out, a.f16);
   std::printf("saved the draft to %s\n", a.out.c_str());
   if (!eval_prompts.empty()) print_evaluation("after", evaluate_draft(target, draft, eval_prompts, eval));

@@ -105,8 +105,11 @@ at::Tensor vqa_pixels(const VqaModel& m, const Image& image) {
 }
 
 LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt) {
+  return vqa_merged_prompt(m, image, vqa_prompt_ids(m, question, opt));
+}
+
+LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
   c10::InferenceMode inference;
-  const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
   const at::Tensor pixels = vqa_pixels(m, image);
   const at::Tensor input_ids = at::tensor(ids, at::kLong).unsqueeze(0).to(pixels.device());  // [1, L]
   return m.model->merge(input_ids, m.model->image_features(pixels));
@@ -205,7 +208,7 @@ SpeculativeAnswer ask_speculative(VqaModel& m, VispecDraft& draft, const Image& 
   so.tree.validate();
   if (!draft->attached()) draft->attach(m.model->language_model);  // ConfigError when it does not fit
   const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
-  const LlavaMerged prompt = vqa_merged_prompt(m, image, question, opt);
+  const LlavaMerged prompt = vqa_merged_prompt(m, image, ids);
   SpeculativeAnswer out;
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };

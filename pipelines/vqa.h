@@ -72,6 +72,8 @@ at::Tensor vqa_pixels(const VqaModel& m, const Image& image);
 // spliced in (what speculative decoding and draft training feed the decoder):
 // inputs_embeds [1, L', H], image_mask [1, L'] bool. No autograd.
 LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt = {});
+// The same from prompt ids already made by vqa_prompt_ids.
+LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids);
 
 VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt = {},
               const TextCallback& on_text = nullptr);

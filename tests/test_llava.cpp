@@ -72,17 +72,7 @@ std::string write_test_png(const std::string& name) {
   return p;
 }
 
-template <class E, class F>
-void expect_error(F&& f, const std::string& contains) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one mentioning \"" << contains << "\"";
-  } catch (const E& e) {
-    EXPECT_NE(std::string(e.what()).find(contains), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using iris::testing_util::expect_error;
 
 }  // namespace
 

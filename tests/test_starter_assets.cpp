@@ -10,8 +10,11 @@
 #include "pipelines/sd_model.h"
 #include "pipelines/showcase.h"
 #include "pipelines/stable_diffusion.h"
+#include "world/render.h"
+#include "world/scene.h"
 #include "pipelines/vlm_eval.h"
 #include "pipelines/vqa.h"
+#include "tests/test_util.h"
 
 namespace iris {
 namespace {
@@ -73,6 +76,38 @@ TEST(StarterAssets, SmallVlmEvalAboveFloor) {
   // the eval's per-kind table does.)
   EXPECT_GE(r.short_answers.rate(), 0.20) << format_vlm_eval_table(r, o);
   EXPECT_GT(r.pope.at("all").total(), 0);
+}
+
+// `iris ask --draft`: speculative decoding with the pack's draft gives the plain greedy answer
+// (--compare checks it in the same process), and its option errors come before any loading.
+TEST(StarterAssets, AskWithDraftIsLosslessAndChecksItsOptions) {
+  if (!has_vlm() || !fs::exists(kPack + "/vlm-draft/config.json")) GTEST_SKIP() << "no VLM draft in the pack";
+  using testing_util::run_cli;
+  Image img = world::render_scene(world::sample_scene(5));
+  const std::string png = testing_util::scratch("scene.png");
+  save_png(png, img);
+  const std::string base = "ask --model " + kPack + "/vlm --image " + png + " 'Describe the image.' --max-tokens 48";
+  const auto ok = run_cli(base + " --draft " + kPack + "/vlm-draft --draft-chain 4 --compare");
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("ViSpec: tau"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("output identical"), std::string::npos) << ok.out;
+
+  const auto no_draft = run_cli(base + " --compare");
+  EXPECT_EQ(no_draft.code, 1);
+  EXPECT_NE(no_draft.err.find("--compare needs --draft"), std::string::npos) << no_draft.err;
+  const auto bad_chain = run_cli(base + " --draft " + kPack + "/vlm-draft --draft-chain -2");
+  EXPECT_EQ(bad_chain.code, 1);
+  EXPECT_NE(bad_chain.err.find("--draft-chain -2"), std::string::npos) << bad_chain.err;
+  const auto visor = run_cli("ask --model " + kPack + "/vlm-visor --image " + png + " 'What color is the circle?' --draft " +
+                             kPack + "/vlm-draft");
+  EXPECT_EQ(visor.code, 1);
+  EXPECT_NE(visor.err.find("VISOR folder"), std::string::npos) << visor.err;
+  // A draft made for another model: the pack's draft against a random LLaVA (other widths).
+  const std::string other = testing_util::scratch("random-llava");
+  ASSERT_EQ(run_cli("random-llava " + other).code, 0);
+  const auto mismatch = run_cli("ask --model " + other + " --image " + png + " 'What?' --draft " + kPack + "/vlm-draft");
+  EXPECT_EQ(mismatch.code, 1);
+  EXPECT_NE(mismatch.err.find("error"), std::string::npos) << mismatch.err;
 }
 
 }  // namespace
