@@ -1,11 +1,15 @@
 // iris ask: visual question answering with a LLaVA-1.5 folder (or a VISOR one: --visor-budget),
 // streaming the answer.
 // iris random-llava: a tiny random LLaVA folder (config, weights, tokenizer) for tests.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "app/cli.h"
+#include "app/faithfulness_flags.h"
+#include "core/heatmap.h"
 #include "core/error.h"
 #include "core/image.h"
 #include "pipelines/random_model.h"
@@ -52,12 +56,34 @@ std::string llava_flops_line(VqaModel& m, const std::string& question, const Vqa
   return llava_visual_flops(c.text, w).line();
 }
 
+// --saliency PATH: the answer's patch saliency over the part of the picture the model saw
+// (the central square CLIP's resize + centre crop keeps), at least 256 pixels wide.
+void write_saliency_png(const std::string& path, const Image& picture, const at::Tensor& map) {
+  const at::Tensor m = map.to(at::kCPU, at::kFloat).contiguous();
+  const int gh = static_cast<int>(m.size(0)), gw = static_cast<int>(m.size(1));
+  const std::vector<float> values(m.data_ptr<float>(), m.data_ptr<float>() + m.numel());
+  const Image rgb = to_rgb(picture);
+  const int side = std::min(rgb.width, rgb.height);
+  const Image seen = center_crop(rgb, side, side);
+  const int out = std::max(side, 256);
+  save_png(path, heatmap_overlay(seen, values, gh, gw, out, out), {{"iris:saliency", "answer image-token saliency"}});
+}
+
+// Fails before the model loads when the PNG could not be written.
+void check_output_path(const std::string& path) {
+  const std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (!dir.empty() && !std::filesystem::is_directory(dir))
+    throw IoError(path + ": the folder " + dir.string() + " does not exist");
+}
+
+bool any_method(const FaithfulnessOptions& f) { return f.var || f.locore || f.sgrs; }
+
 }  // namespace
 
 void add_ask_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("ask", "Answer a question about an image with a LLaVA-1.5 model");
   struct Opts {
-    std::string model, image, question, chat_template, visor_budget, draft;
+    std::string model, image, question, chat_template, visor_budget, draft, saliency;
     int64_t draft_chain = 0;
     bool compare = false;
     VqaOptions v;
@@ -84,6 +110,8 @@ void add_ask_command(CLI::App& app) {
   cmd->add_option("--draft-chain", o->draft_chain, "Draft a chain of K tokens per cycle (0: an EAGLE-2 dynamic tree)")
       ->capture_default_str();
   cmd->add_flag("--compare", o->compare, "With --draft: also decode plainly and report the speedup and whether the outputs match");
+  cmd->add_option("--saliency", o->saliency, "Write a heat map of the image tokens' saliency for the answer (PNG)");
+  add_faithfulness_flags(cmd, o->v.faithfulness);
   cmd->callback([o] {
     if (o->v.max_new_tokens < 1) throw ConfigError("--max-tokens " + std::to_string(o->v.max_new_tokens) + ": must be >= 1");
     if (o->question.find_first_not_of(" \t\r\n") == std::string::npos) throw ConfigError("the question is empty");
@@ -92,6 +120,12 @@ void add_ask_command(CLI::App& app) {
     v.chat_template = unescape(o->chat_template);
     make_sampler(v.sampling);  // option errors before the model loads
     const int64_t budget = parse_visor_budget(o->visor_budget);
+    const bool methods = any_method(v.faithfulness) || !o->saliency.empty();
+    if (methods && (is_visor_folder(o->model) || !o->draft.empty()))
+      throw ConfigError("--var, --locore, --sgrs and --saliency run on plain LLaVA decoding, not with " +
+                        std::string(o->draft.empty() ? "a VISOR folder" : "--draft"));
+    if (!o->saliency.empty()) check_output_path(o->saliency);
+    v.saliency_map = !o->saliency.empty();
     const TextCallback print = [](const std::string& delta) {
       std::fputs(delta.c_str(), stdout);
       std::fflush(stdout);
@@ -126,8 +160,25 @@ void add_ask_command(CLI::App& app) {
       std::printf("\n%s\n%s\n", a.answer.stats.line().c_str(), a.line().c_str());
       return;
     }
-    const VqaAnswer a = ask(m, o->image, o->question, v, print);
+    const Image picture = load_image(o->image);
+    const VqaAnswer a = ask(m, picture, o->question, v, print);
     std::printf("\n%s, %s\n", a.stats.line().c_str(), llava_flops_line(m, o->question, v, a).c_str());
+    if (a.methods != "baseline") {
+      std::printf("methods: %s", a.methods.c_str());
+      if (v.faithfulness.var)
+        std::printf("; VAR: %lld of %lld examined attention rows redistributed",
+                    static_cast<long long>(a.var_rows_changed), static_cast<long long>(a.var_rows_examined));
+      if (v.faithfulness.sgrs)
+        std::printf("; SGRS: %lld first draws accepted, %lld redrawn, %lld fallbacks",
+                    static_cast<long long>(a.sgrs.first_draw_accepted), static_cast<long long>(a.sgrs.redrawn),
+                    static_cast<long long>(a.sgrs.fallbacks));
+      std::printf("\n");
+    }
+    if (!o->saliency.empty()) {
+      if (!a.saliency.defined()) throw ConfigError("--saliency: the answer is empty, nothing to explain");
+      write_saliency_png(o->saliency, picture, a.saliency);
+      std::printf("saliency: %s\n", o->saliency.c_str());
+    }
   });
 }
 

@@ -20,6 +20,12 @@ inline void add_faithfulness_flags(CLI::App* cmd, FaithfulnessOptions& fo) {
   cmd->add_option("--var-rho", fo.var_options.rho, "VAR: min non-sink share of a row's image attention")
       ->capture_default_str()
       ->group(group);
+  cmd->add_option("--var-first-layer", fo.var_options.first_layer, "VAR: first layer changed")
+      ->capture_default_str()
+      ->group(group);
+  cmd->add_option("--var-last-layer", fo.var_options.last_layer, "VAR: last layer changed (< 0: from the end)")
+      ->capture_default_str()
+      ->group(group);
   cmd->add_option("--var-tau", fo.var_options.tau, "VAR: sink threshold on |x_d| / RMS(x)")->capture_default_str()->group(group);
   cmd->add_flag("--locore", fo.locore, "LocoRE: boost attention to the last generated tokens")->group(group);
   cmd->add_option("--locore-beta", fo.locore_options.beta, "LocoRE: gamma = 1 + beta")->capture_default_str()->group(group);
@@ -38,7 +44,7 @@ inline void add_faithfulness_flags(CLI::App* cmd, FaithfulnessOptions& fo) {
   cmd->add_option("--sgrs-tries", fo.sgrs_options.max_tries, "SGRS: draws before the fallback")
       ->capture_default_str()
       ->group(group);
-  cmd->add_option("--saliency-layers", fo.saliency.layers, "SGRS / saliency maps: layers differentiated")
+  cmd->add_option("--saliency-layers", fo.saliency.layers, "SGRS / saliency maps: layers differentiated (default 6,7,8; the middle half on models of <= 8 layers)")
       ->delimiter(',')
       ->group(group);
 }

@@ -204,11 +204,27 @@ double ChairTally::mean_words() const { return ratio(static_cast<double>(words),
 
 // ---- The evaluation ----------------------------------------------------------------------------
 
-VlmAnswerFn greedy_vqa_answerer(VqaModel& model) {
-  return [&model](const std::string& question, const Image& image, int64_t max_new_tokens) {
-    VqaOptions v;
+VlmAnswerFn greedy_vqa_answerer(VqaModel& model) { return vqa_answerer(model, VqaOptions{}); }
+
+VlmAnswerFn vqa_answerer(VqaModel& model, const VqaOptions& options, VqaTally* tally) {
+  return [&model, options, tally](const std::string& question, const Image& image, int64_t max_new_tokens) {
+    VqaOptions v = options;
     v.max_new_tokens = max_new_tokens;  // sampling defaults to greedy; EOS ends the answer
-    return ask(model, image, question, v).text;
+    const auto t0 = std::chrono::steady_clock::now();
+    const VqaAnswer a = ask(model, image, question, v);
+    if (tally) {
+      tally->answers += 1;
+      tally->generated_tokens += static_cast<int64_t>(a.tokens.size());
+      tally->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      tally->var_rows_changed += a.var_rows_changed;
+      tally->var_rows_examined += a.var_rows_examined;
+      tally->sgrs.tokens += a.sgrs.tokens;
+      tally->sgrs.first_draw_accepted += a.sgrs.first_draw_accepted;
+      tally->sgrs.redrawn += a.sgrs.redrawn;
+      tally->sgrs.fallbacks += a.sgrs.fallbacks;
+      tally->sgrs.saliency_calls += a.sgrs.saliency_calls;
+    }
+    return a.text;
   };
 }
 

@@ -32,6 +32,7 @@
 #include "core/image.h"
 #include "core/json_util.h"
 #include "core/progress.h"
+#include "vlm/sgrs.h"
 #include "world/analyzer.h"
 #include "world/captions.h"
 #include "world/scene.h"
@@ -39,6 +40,7 @@
 namespace iris {
 
 struct VqaModel;
+struct VqaOptions;
 
 // ---- Metrics on single answers -------------------------------------------------------------
 
@@ -111,6 +113,18 @@ using VlmAnswerFn = std::function<std::string(const std::string& question, const
 
 // Greedy decoding with the model's own chat template, stopping at EOS (pipelines/vqa.h ask()).
 VlmAnswerFn greedy_vqa_answerer(VqaModel& model);
+
+// What answering cost: answers, tokens generated (EOS included) and wall time of ask() calls.
+struct VqaTally {
+  int64_t answers = 0, generated_tokens = 0;
+  double seconds = 0;
+  int64_t var_rows_changed = 0, var_rows_examined = 0;  // VAR's attention rows (when on)
+  SgrsStats sgrs;                                        // SGRS' draws (when on)
+  double tokens_per_second() const { return seconds > 0 ? generated_tokens / seconds : 0.0; }
+};
+// ask() with `options` (sampling, faithfulness methods, ...) and the per-question token budget;
+// counts into `tally` when given (it must outlive the answerer).
+VlmAnswerFn vqa_answerer(VqaModel& model, const VqaOptions& options, VqaTally* tally = nullptr);
 
 struct VlmEvalOptions {
   int questions = 500;        // at least this many short questions (0: none)

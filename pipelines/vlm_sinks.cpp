@@ -8,11 +8,7 @@
 namespace iris {
 
 LlamaInput vqa_merged_input(VqaModel& m, const Image& image, const std::string& question) {
-  at::NoGradGuard no_grad;
-  const std::vector<int64_t> ids = vqa_prompt_ids(m, question);
-  const at::Tensor input_ids = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
-  const at::Tensor features = m.model->image_features(vqa_pixels(m, image));
-  return m.model->merge(input_ids, features).input();
+  return vqa_prompt_input(m, image, vqa_prompt_ids(m, question));
 }
 
 std::vector<SinkDimension> find_llava_sink_dims(VqaModel& m, const std::vector<std::string>& image_paths,

@@ -1,5 +1,6 @@
 #include "pipelines/vqa.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -115,13 +116,82 @@ LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector
   return m.model->merge(input_ids, m.model->image_features(pixels));
 }
 
+LlamaInput vqa_prompt_input(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
+  at::NoGradGuard no_grad;
+  const at::Tensor pixels = vqa_pixels(m, image);
+  const at::Tensor input_ids = at::tensor(ids, at::kLong).unsqueeze(0).to(pixels.device());  // [1, L]
+  return m.model->merge(input_ids, m.model->image_features(pixels)).input();
+}
+
+namespace {
+
+bool any_method(const FaithfulnessOptions& f) { return f.var || f.locore || f.sgrs; }
+
+// Removes the faithfulness hooks when the answer is done, however it ends.
+struct InstalledHooks {
+  LlamaForCausalLM model;
+  FaithfulnessHooks hooks;
+  InstalledHooks(LlamaForCausalLM m, const FaithfulnessOptions& f) : model(std::move(m)) {
+    hooks = configure_faithfulness(model, f);
+  }
+  ~InstalledHooks() { remove_faithfulness(model, hooks); }
+  InstalledHooks(const InstalledHooks&) = delete;
+  InstalledHooks& operator=(const InstalledHooks&) = delete;
+};
+
+// The answer's tokens the saliency map explains: every generated token but a final EOS.
+std::vector<int64_t> explained_tokens(const std::vector<int64_t>& tokens, const LlamaConfig& cfg) {
+  std::vector<int64_t> out = tokens;
+  while (!out.empty() && std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), out.back()) != cfg.eos_token_ids.end())
+    out.pop_back();
+  return out;
+}
+
+// [side, side] from the saliency over every image feature (the CLS feature of "full" dropped).
+at::Tensor patch_saliency(VqaModel& m, const LlamaInput& prompt, const std::vector<int64_t>& answer,
+                          const SaliencyOptions& so) {
+  const LlavaConfig& c = m.model->config();
+  const int64_t n = c.image_feature_tokens();
+  at::Tensor flat = answer_saliency_map(m.model->language_model, prompt, answer, so, 1, n).map.reshape({-1});
+  if (c.feature_select == LlavaConfig::FeatureSelect::Full) flat = flat.narrow(0, 1, n - 1);
+  const int64_t side = c.vision.image_size / c.vision.patch_size;
+  return flat.reshape({side, side}).contiguous();
+}
+
+}  // namespace
+
 VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt,
               const TextCallback& on_text) {
   const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
-  const at::Tensor pixels = vqa_pixels(m, image);
-  return ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
-    return llava_generate(m.model, ids, pixels, g, on_token);
+  const FaithfulnessOptions& f = opt.faithfulness;
+  if (!any_method(f) && !opt.saliency_map) {
+    const at::Tensor pixels = vqa_pixels(m, image);
+    return ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
+      return llava_generate(m.model, ids, pixels, g, on_token);
+    }, on_text);
+  }
+  LlamaForCausalLM lm = m.model->language_model;
+  f.validate(lm->config());
+  if (opt.saliency_map) f.saliency.validate(lm->config());
+  const LlamaInput prompt = vqa_prompt_input(m, image, ids);
+  InstalledHooks installed(lm, f);
+  SgrsStats sgrs;
+  VqaAnswer a = ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
+    GenerateResult r = generate_faithful(lm, prompt, f, g, on_token, &sgrs);
+    r.prompt_tokens = prompt_length(prompt);
+    return r;
   }, on_text);
+  a.methods = f.describe();
+  a.sgrs = sgrs;
+  if (installed.hooks.var) {
+    a.var_rows_changed = installed.hooks.var->rows_changed();
+    a.var_rows_examined = installed.hooks.var->rows_examined();
+  }
+  if (opt.saliency_map) {
+    const std::vector<int64_t> answer = explained_tokens(a.tokens, lm->config());
+    if (!answer.empty()) a.saliency = patch_saliency(m, prompt, answer, f.saliency);
+  }
+  return a;
 }
 
 VqaAnswer ask_with(VqaModel& m, const std::vector<int64_t>& ids, const VqaOptions& opt, const VqaGenerateFn& generate,

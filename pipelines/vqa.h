@@ -17,6 +17,7 @@
 #include "core/image.h"
 #include "core/sentencepiece.h"
 #include "vlm/chat_template.h"
+#include "vlm/faithfulness.h"
 #include "vlm/llava.h"
 #include "vlm/sampling.h"
 #include "vlm/vispec.h"
@@ -42,6 +43,12 @@ struct VqaOptions {
   SamplingParams sampling;                // temperature <= 0: greedy
   std::vector<std::string> stop_strings;  // the answer is cut before the first one
   std::string chat_template;              // empty: the model's (LLaVA-1.5 by default)
+  // VAR, LocoRE, SGRS (vlm/faithfulness.h): installed on the language model for this answer
+  // only. All off: plain decoding (llava_generate), bit for bit what ask() always did.
+  FaithfulnessOptions faithfulness;
+  // Also compute the answer's image-token saliency map (VqaAnswer::saliency): one teacher-forced
+  // saliency probe per answer token, with the faithfulness hooks still installed.
+  bool saliency_map = false;
 };
 
 struct VqaStats {
@@ -59,6 +66,13 @@ struct VqaAnswer {
   std::string text;
   std::vector<int64_t> tokens;
   VqaStats stats;
+  std::string methods = "baseline";  // FaithfulnessOptions::describe()
+  SgrsStats sgrs;                     // when SGRS ran
+  int64_t var_rows_changed = 0, var_rows_examined = 0;  // when VAR ran (VarHook's counts)
+  // With VqaOptions::saliency_map: [side, side] float, the image patches' saliency for the
+  // answer (raw, not normalised; the CLS feature of the "full" strategy left out). Undefined
+  // when the answer has no token but EOS.
+  at::Tensor saliency;
 };
 
 // Called with each piece of new text; return false to stop.
@@ -74,6 +88,10 @@ at::Tensor vqa_pixels(const VqaModel& m, const Image& image);
 LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt = {});
 // The same from prompt ids already made by vqa_prompt_ids.
 LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids);
+// The merged prompt as ordinary tensors (made under no-grad, not inference mode), as the
+// methods that differentiate through the decoder need it (SGRS, saliency maps): inputs_embeds,
+// image_mask, attention_mask, position_ids.
+LlamaInput vqa_prompt_input(VqaModel& m, const Image& image, const std::vector<int64_t>& ids);
 
 VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, const VqaOptions& opt = {},
               const TextCallback& on_text = nullptr);

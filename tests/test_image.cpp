@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/heatmap.h"
 #include "core/image.h"
 #include "core/png_text.h"
 #include "core/safetensors.h"
@@ -860,3 +861,58 @@ TEST(ClipPreprocess, LayoutAndFormula) {
 
 }  // namespace
 }  // namespace iris
+
+// ---------------------------------------------------------------------------------------------
+// Heat maps (core/heatmap.h: `iris ask --saliency`)
+
+TEST(Heatmap, ColourRampEndsAndOrder) {
+  uint8_t cold[3], mid[3], hot[3], nan_rgb[3];
+  iris::heat_colour(0.0f, cold);
+  iris::heat_colour(0.5f, mid);
+  iris::heat_colour(1.0f, hot);
+  iris::heat_colour(std::nanf(""), nan_rgb);
+  EXPECT_LT(cold[0] + cold[1] + cold[2], 20);  // near black
+  EXPECT_GT(hot[0] + hot[1] + hot[2], 600);    // near white-yellow
+  EXPECT_GT(mid[0], mid[1]);                   // reddish in the middle
+  EXPECT_EQ(std::memcmp(cold, nan_rgb, 3), 0);  // NaN counts as cold
+  uint8_t clamped[3];
+  iris::heat_colour(7.0f, clamped);
+  EXPECT_EQ(std::memcmp(hot, clamped, 3), 0);
+}
+
+TEST(Heatmap, HotCellLandsWhereItIsAndSizesFollow) {
+  iris::Image base(16, 16, 3);
+  for (auto& p : base.pixels) p = 128;
+  // 2x2 grid: only the bottom-right cell is hot.
+  const std::vector<float> v{0.0f, 0.0f, 0.0f, 3.0f};
+  const iris::Image out = iris::heatmap_overlay(base, v, 2, 2, 64, 48);
+  ASSERT_EQ(out.width, 64);
+  ASSERT_EQ(out.height, 48);
+  ASSERT_EQ(out.channels, 3);
+  auto brightness = [&](int x, int y) { return out.at(x, y, 0) + out.at(x, y, 1) + out.at(x, y, 2); };
+  EXPECT_GT(brightness(60, 44), brightness(4, 4) + 150);
+  EXPECT_GT(brightness(60, 44), brightness(60, 4));
+  // No resize asked: the base's size; an all-zero grid is uniformly cold.
+  const iris::Image flat = iris::heatmap_overlay(base, {0, 0, 0, 0}, 2, 2);
+  EXPECT_EQ(flat.width, 16);
+  for (int y = 0; y < flat.height; ++y)
+    for (int x = 0; x < flat.width; ++x)
+      for (int c = 0; c < 3; ++c) ASSERT_EQ(flat.at(x, y, c), flat.at(0, 0, c)) << x << "," << y;
+  // Negative and non-finite values count as 0 (no crash, no NaN colours).
+  const iris::Image odd = iris::heatmap_overlay(base, {-1.0f, std::nanf(""), INFINITY, 2.0f}, 2, 2);
+  EXPECT_EQ(odd.width, 16);
+}
+
+TEST(Heatmap, BadGridsAreClearErrors) {
+  iris::Image base(8, 8, 3);
+  auto expect_shape_error = [](const std::function<void()>& f, const std::string& part) {
+    try {
+      f();
+      ADD_FAILURE() << "no error; expected one naming " << part;
+    } catch (const iris::ShapeError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_shape_error([&] { iris::heatmap_overlay(base, {1, 2, 3}, 2, 2); }, "3 values for a 2x2 grid");
+  expect_shape_error([&] { iris::heatmap_overlay(base, {}, 0, 2); }, "grid 0x2 is empty");
+}

@@ -20,6 +20,7 @@
 #include "core/tensor_io.h"
 #include "pipelines/parity.h"
 #include "pipelines/random_model.h"
+#include "pipelines/vlm_eval.h"
 #include "pipelines/vqa.h"
 #include "tests/test_util.h"
 #include "vlm/chat_template.h"
@@ -501,3 +502,138 @@ TEST(Vqa, BadInputGivesClearErrors) {
   opt.chat_template = "Q: {question} A:";
   expect_error<ConfigError>([&] { ask(m, img, "What?", opt); }, "exactly once");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The faithfulness methods through ask() (issue 8): VAR, LocoRE, SGRS and the saliency map
+
+TEST(VqaFaithfulness, NeutralMethodsEqualPlainDecodingAndHooksGoAway) {
+  const std::string dir = tiny_folder("vqa_faith");
+  VqaModel m = VqaModel::load(dir);
+  const std::string img = write_test_png("img.png");
+  VqaOptions plain;
+  plain.max_new_tokens = 10;
+  const VqaAnswer base = ask(m, img, "What is this?", plain);
+  ASSERT_FALSE(base.tokens.empty());
+  EXPECT_EQ(base.methods, "baseline");
+
+  // VAR keeping all sink attention (p = 1) and LocoRE with beta = 0 change nothing: the
+  // hooked path (merged prompt, generate_faithful) must give plain decoding's tokens.
+  VqaOptions neutral = plain;
+  neutral.faithfulness.var = true;
+  neutral.faithfulness.var_options.sink_dims = {0, 5};
+  neutral.faithfulness.var_options.p = 1.0;
+  neutral.faithfulness.var_options.tau = 1.0;  // many sinks: p = 1 must still be neutral
+  neutral.faithfulness.locore = true;
+  neutral.faithfulness.locore_options.beta = 0.0;
+  const VqaAnswer same = ask(m, img, "What is this?", neutral);
+  EXPECT_EQ(same.tokens, base.tokens);
+  EXPECT_EQ(same.text, base.text);
+  EXPECT_NE(same.methods.find("var(p=1"), std::string::npos) << same.methods;
+  EXPECT_NE(same.methods.find("locore(beta=0"), std::string::npos) << same.methods;
+  EXPECT_EQ(same.stats.prompt_tokens, base.stats.prompt_tokens);
+
+  // A strong LocoRE changes the attention; afterwards no hook is left behind.
+  VqaOptions strong = plain;
+  strong.faithfulness.locore = true;
+  strong.faithfulness.locore_options.beta = 5.0;
+  strong.faithfulness.locore_options.layers = {0, 1};
+  const VqaAnswer boosted = ask(m, img, "What is this?", strong);
+  EXPECT_EQ(boosted.tokens.size() <= 10, true);
+  EXPECT_EQ(ask(m, img, "What is this?", plain).tokens, base.tokens);
+
+  // A bad option fails before decoding and leaves no hook installed.
+  VqaOptions bad = plain;
+  bad.faithfulness.locore = true;
+  bad.faithfulness.locore_options.layers = {7};
+  expect_error<ConfigError>([&] { ask(m, img, "What is this?", bad); }, "7");
+  bad = plain;
+  bad.faithfulness.var = true;  // no sink dims
+  expect_error<ConfigError>([&] { ask(m, img, "What is this?", bad); }, "sink_dims is empty");
+  bad = plain;
+  bad.faithfulness.sgrs = true;
+  bad.faithfulness.saliency.layers = {9};
+  expect_error<ConfigError>([&] { ask(m, img, "What is this?", bad); }, "layer 9");
+  EXPECT_EQ(ask(m, img, "What is this?", plain).tokens, base.tokens);
+}
+
+TEST(VqaFaithfulness, SgrsIsSeededAndCountsItsDraws) {
+  const std::string dir = tiny_folder("vqa_sgrs");
+  VqaModel m = VqaModel::load(dir);
+  const std::string img = write_test_png("img.png");
+  VqaOptions o;
+  o.max_new_tokens = 6;
+  o.faithfulness.sgrs = true;
+  o.sampling.seed = 3;
+  const VqaAnswer a = ask(m, img, "Describe it.", o), b = ask(m, img, "Describe it.", o);
+  EXPECT_EQ(a.tokens, b.tokens);
+  ASSERT_FALSE(a.tokens.empty());
+  EXPECT_EQ(a.sgrs.tokens, static_cast<int64_t>(a.tokens.size()));
+  EXPECT_EQ(a.sgrs.first_draw_accepted + a.sgrs.redrawn + a.sgrs.fallbacks, a.sgrs.tokens);
+  EXPECT_NE(a.methods.find("sgrs(K=5"), std::string::npos) << a.methods;
+}
+
+TEST(VqaFaithfulness, SaliencyMapCoversThePatchGrid) {
+  const std::string dir = tiny_folder("vqa_saliency");
+  VqaModel m = VqaModel::load(dir);
+  const std::string img = write_test_png("img.png");
+  VqaOptions o;
+  o.max_new_tokens = 5;
+  o.saliency_map = true;
+  const VqaAnswer a = ask(m, img, "Where is the square?", o);
+  VqaOptions plain = o;
+  plain.saliency_map = false;
+  EXPECT_EQ(a.tokens, ask(m, img, "Where is the square?", plain).tokens);  // the map does not change the answer
+  ASSERT_TRUE(a.saliency.defined());
+  const int64_t side = m.model->config().vision.image_size / m.model->config().vision.patch_size;
+  ASSERT_EQ(a.saliency.sizes(), (std::vector<int64_t>{side, side}));
+  EXPECT_TRUE(at::isfinite(a.saliency).all().item<bool>());
+  EXPECT_GE(a.saliency.min().item<float>(), 0.0f);
+  EXPECT_GT(a.saliency.sum().item<float>(), 0.0f);
+}
+
+TEST(VqaFaithfulness, EvalAnswererCountsTokensAndTime) {
+  const std::string dir = tiny_folder("vqa_tally");
+  VqaModel m = VqaModel::load(dir);
+  Image picture(32, 32, 3);
+  VqaTally tally;
+  VqaOptions o;
+  const VlmAnswerFn answer = vqa_answerer(m, o, &tally);
+  const std::string first = answer("What is this?", picture, 4);
+  answer("Describe it.", picture, 3);
+  EXPECT_EQ(tally.answers, 2);
+  EXPECT_GE(tally.generated_tokens, 2);
+  EXPECT_LE(tally.generated_tokens, 7);
+  EXPECT_GT(tally.seconds, 0.0);
+  EXPECT_EQ(first, greedy_vqa_answerer(m)("What is this?", picture, 4));
+}
+
+#ifdef IRIS_CLI
+TEST(VqaFaithfulness, AskCliWritesTheSaliencyMapAndRejectsBadCombinations) {
+  using iris::testing_util::run_cli;
+  const std::string dir = tiny_folder("vqa_cli_faith");
+  const std::string img = write_test_png("img.png");
+  const std::string out = iris::testing_util::scratch("saliency.png");
+  fs::remove(out);
+  const auto ok = run_cli("ask --model " + dir + " --image " + img + " --max-tokens 4 --locore --sgrs --saliency " +
+                          out + " \"What is this?\"");
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("methods: locore(beta=0.15,w=8)+sgrs(K=5"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("saliency: " + out), std::string::npos) << ok.out;
+  const Image map = load_image(out);
+  EXPECT_EQ(map.width, 256);  // the 30-pixel square the model saw, enlarged for viewing
+  EXPECT_EQ(map.height, 256);
+
+  const auto missing = run_cli("ask --model " + dir + " --image " + img + " --saliency /nonexistent/dir/s.png \"What?\"");
+  EXPECT_NE(missing.code, 0);
+  EXPECT_NE(missing.err.find("/nonexistent/dir"), std::string::npos) << missing.err;
+  const auto with_draft = run_cli("ask --model " + dir + " --image " + img + " --draft " + dir + " --locore \"What?\"");
+  EXPECT_NE(with_draft.code, 0);
+  EXPECT_NE(with_draft.err.find("not with --draft"), std::string::npos) << with_draft.err;
+  const auto no_dims = run_cli("ask --model " + dir + " --image " + img + " --var \"What?\"");
+  EXPECT_NE(no_dims.code, 0);
+  EXPECT_NE(no_dims.err.find("iris vlm sinks"), std::string::npos) << no_dims.err;
+  const auto bad_k = run_cli("ask --model " + dir + " --image " + img + " --sgrs --sgrs-k 0 \"What?\"");
+  EXPECT_NE(bad_k.code, 0);
+  EXPECT_NE(bad_k.err.find("SGRS"), std::string::npos) << bad_k.err;
+}
+#endif

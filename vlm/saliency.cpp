@@ -61,18 +61,33 @@ class ProbeHook : public AttentionHook {
 }  // namespace
 
 void SaliencyOptions::validate(const LlamaConfig& cfg) const {
-  if (layers.empty()) throw ConfigError("saliency: no layers chosen");
+  if (cfg.num_hidden_layers < 1) throw ConfigError("saliency: the model has no layers");
   for (int l : layers)
     if (l < 0 || l >= cfg.num_hidden_layers)
       throw ConfigError("saliency: layer " + std::to_string(l) + " outside the model's " +
                         std::to_string(cfg.num_hidden_layers) + " layers");
 }
 
+std::vector<int> SaliencyOptions::resolved_layers(int64_t num_layers) const {
+  std::vector<int> out = layers;
+  if (out.empty()) {
+    if (num_layers > 8) {
+      out = {6, 7, 8};
+    } else {
+      const int lo = static_cast<int>(num_layers / 4);
+      const int hi = std::max(lo + 1, static_cast<int>(3 * num_layers / 4));
+      for (int l = lo; l < hi; ++l) out.push_back(l);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 SaliencyProbe::SaliencyProbe(LlamaForCausalLM model, SaliencyOptions options)
     : model_(std::move(model)), opt_(std::move(options)) {
   opt_.validate(model_->config());
-  std::sort(opt_.layers.begin(), opt_.layers.end());
-  opt_.layers.erase(std::unique(opt_.layers.begin(), opt_.layers.end()), opt_.layers.end());
+  opt_.layers = opt_.resolved_layers(model_->config().num_hidden_layers);
 }
 
 at::Tensor SaliencyProbe::forward(const LlamaInput& one, KVCache& cache) {

@@ -26,7 +26,9 @@
 namespace iris {
 
 struct SaliencyOptions {
-  std::vector<int> layers{6, 7, 8};  // layers whose attention is differentiated (the paper's 6, 7, 8)
+  // Layers whose attention is differentiated. Empty: the paper's 6, 7, 8 (chosen on 32-layer
+  // LLaVA-1.5-7B) when the model has more than 8 layers, else its middle half [L/4, 3L/4).
+  std::vector<int> layers;
   enum class Keys {
     AfterImage,  // text keys after the last image token (all keys without an image), query included
     Generated,   // keys of generated tokens only (empty for the first token: saliency 0)
@@ -34,6 +36,8 @@ struct SaliencyOptions {
   Keys keys = Keys::AfterImage;
   // ConfigError naming the layer when it is outside the model.
   void validate(const LlamaConfig& cfg) const;
+  // The layers used on a model of `num_layers` layers (the default resolved), sorted, unique.
+  std::vector<int> resolved_layers(int64_t num_layers) const;
 };
 
 // One single-position forward with gradients on the chosen layers' attention; then any number

@@ -153,7 +153,9 @@ void VarHook::on_weights(int layer, at::Tensor& weights, const HookContext& ctx)
   at::Tensor selected;
   weights = var_redistribute(weights, ctx.image_keys, kept, rows, opt_, &selected);
   rows_examined_ += rows.sum().item<int64_t>() * weights.size(1);
-  rows_changed_ += selected.sum().item<int64_t>();
+  // Selected rows move only where the batch row has image sinks (otherwise nothing is freed).
+  const at::Tensor has_sink = (ctx.image_keys.to(at::kCPU, at::kBool) & kept).any(1).view({B, 1, 1});
+  rows_changed_ += (selected.to(at::kCPU) & has_sink).sum().item<int64_t>();
 }
 
 at::Tensor VarHook::sinks(int layer) const {

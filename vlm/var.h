@@ -78,7 +78,8 @@ class VarHook : public AttentionHook {
 
   // Sink flags of `layer`'s keys as last seen ([B, n] bool; undefined before any pass).
   at::Tensor sinks(int layer) const;
-  // Rows changed so far (all layers, all passes) and rows examined (eligible query rows x heads).
+  // Rows changed so far (image-centric rows of a batch row that has image sinks; all layers,
+  // all passes) and rows examined (eligible query rows x heads).
   int64_t rows_changed() const { return rows_changed_; }
   int64_t rows_examined() const { return rows_examined_; }
   void reset();
