@@ -9,12 +9,11 @@
 
 #include "app/cli.h"
 #include "app/faithfulness_flags.h"
-#include "core/heatmap.h"
 #include "core/error.h"
 #include "core/image.h"
 #include "pipelines/random_model.h"
 #include "pipelines/visor_vqa.h"
-#include "pipelines/vqa.h"
+#include "pipelines/vlm_ask.h"
 
 namespace iris::cli {
 
@@ -46,27 +45,6 @@ int64_t parse_visor_budget(const std::string& s) {
   }
   if (used != s.size() || v < 0) throw ConfigError("--visor-budget " + s + ": expected auto or a budget 0..N");
   return v;
-}
-
-// The LLaVA path's visual FLOPs for the stats line (every layer over the image tokens).
-std::string llava_flops_line(VqaModel& m, const std::string& question, const VqaOptions& v, const VqaAnswer& a) {
-  const LlavaConfig& c = m.model->config();
-  const VisualWorkload w = visual_workload(vqa_prompt_ids(m, question, v), c.image_token_index,
-                                           c.image_feature_tokens(), static_cast<int64_t>(a.tokens.size()));
-  return llava_visual_flops(c.text, w).line();
-}
-
-// --saliency PATH: the answer's patch saliency over the part of the picture the model saw
-// (the central square CLIP's resize + centre crop keeps), at least 256 pixels wide.
-void write_saliency_png(const std::string& path, const Image& picture, const at::Tensor& map) {
-  const at::Tensor m = map.to(at::kCPU, at::kFloat).contiguous();
-  const int gh = static_cast<int>(m.size(0)), gw = static_cast<int>(m.size(1));
-  const std::vector<float> values(m.data_ptr<float>(), m.data_ptr<float>() + m.numel());
-  const Image rgb = to_rgb(picture);
-  const int side = std::min(rgb.width, rgb.height);
-  const Image seen = center_crop(rgb, side, side);
-  const int out = std::max(side, 256);
-  save_png(path, heatmap_overlay(seen, values, gh, gw, out, out), {{"iris:saliency", "answer image-token saliency"}});
 }
 
 // Fails before the model loads when the PNG could not be written.
@@ -113,70 +91,45 @@ void add_ask_command(CLI::App& app) {
   cmd->add_option("--saliency", o->saliency, "Write a heat map of the image tokens' saliency for the answer (PNG)");
   add_faithfulness_flags(cmd, o->v.faithfulness);
   cmd->callback([o] {
+    // Flag-named checks first; VlmAsker (pipelines/vlm_ask.h) checks the same rules again.
     if (o->v.max_new_tokens < 1) throw ConfigError("--max-tokens " + std::to_string(o->v.max_new_tokens) + ": must be >= 1");
     if (o->question.find_first_not_of(" \t\r\n") == std::string::npos) throw ConfigError("the question is empty");
-    VqaOptions v = o->v;
-    v.stop_strings = o->stops;
-    v.chat_template = unescape(o->chat_template);
-    make_sampler(v.sampling);  // option errors before the model loads
-    const int64_t budget = parse_visor_budget(o->visor_budget);
-    const bool methods = any_method(v.faithfulness) || !o->saliency.empty();
-    if (methods && (is_visor_folder(o->model) || !o->draft.empty()))
+    VlmAskOptions a;
+    a.vqa = o->v;
+    a.vqa.stop_strings = o->stops;
+    a.vqa.chat_template = unescape(o->chat_template);
+    a.vqa.saliency_map = !o->saliency.empty();
+    a.draft = o->draft;
+    a.draft_chain = o->draft_chain;
+    a.compare = o->compare;
+    a.visor_budget = parse_visor_budget(o->visor_budget);
+    make_sampler(a.vqa.sampling);  // option errors before the model loads
+    const bool visor = is_visor_folder(o->model);
+    const bool methods = any_method(a.vqa.faithfulness) || a.vqa.saliency_map;
+    if (methods && (visor || !o->draft.empty()))
       throw ConfigError("--var, --locore, --sgrs and --saliency run on plain LLaVA decoding, not with " +
                         std::string(o->draft.empty() ? "a VISOR folder" : "--draft"));
-    if (!o->saliency.empty()) check_output_path(o->saliency);
-    v.saliency_map = !o->saliency.empty();
-    const TextCallback print = [](const std::string& delta) {
-      std::fputs(delta.c_str(), stdout);
-      std::fflush(stdout);
-      return true;
-    };
-    if (is_visor_folder(o->model)) {
-      if (!o->draft.empty())
-        throw ConfigError("--draft: speculative decoding runs on LLaVA folders; " + o->model + " is a VISOR folder");
-      VisorModel m = VisorModel::load(o->model);
-      if (budget > m.visor->max_budget())
-        throw ConfigError("--visor-budget " + o->visor_budget + ": this model's budgets are 0.." +
-                          std::to_string(m.visor->max_budget()) + " (or auto)");
-      VisorAskOptions vo;
-      vo.vqa = v;
-      vo.budget = budget;
-      const VisorAnswer a = visor_ask(m, o->image, o->question, vo, print);
-      std::printf("\n%s, %s\n", a.answer.stats.line().c_str(), a.line().c_str());
-      return;
-    }
-    if (!o->visor_budget.empty())
+    if (visor && !o->draft.empty())
+      throw ConfigError("--draft: speculative decoding runs on LLaVA folders; " + o->model + " is a VISOR folder");
+    if (!visor && !o->visor_budget.empty())
       throw ConfigError("--visor-budget: " + o->model + " is a LLaVA folder, not a VISOR one (iris train visor makes one)");
     if (o->draft_chain < 0) throw ConfigError("--draft-chain " + std::to_string(o->draft_chain) + ": must be >= 0");
     if (o->draft.empty() && o->compare) throw ConfigError("--compare needs --draft");
-    VqaModel m = VqaModel::load(o->model);
-    if (!o->draft.empty()) {
-      VispecDraft draft = load_vispec_draft(o->draft);
-      draft->attach(m.model->language_model);  // a draft for another model fails here, before decoding
-      SpeculativeAskOptions so;
-      if (o->draft_chain > 0) so.tree = DraftTreeOptions::chain(o->draft_chain);
-      so.compare = o->compare;
-      const SpeculativeAnswer a = ask_speculative(m, draft, load_image(o->image), o->question, v, so, print);
-      std::printf("\n%s\n%s\n", a.answer.stats.line().c_str(), a.line().c_str());
-      return;
-    }
+    if (!o->saliency.empty()) check_output_path(o->saliency);
+
     const Image picture = load_image(o->image);
-    const VqaAnswer a = ask(m, picture, o->question, v, print);
-    std::printf("\n%s, %s\n", a.stats.line().c_str(), llava_flops_line(m, o->question, v, a).c_str());
-    if (a.methods != "baseline") {
-      std::printf("methods: %s", a.methods.c_str());
-      if (v.faithfulness.var)
-        std::printf("; VAR: %lld of %lld examined attention rows redistributed",
-                    static_cast<long long>(a.var_rows_changed), static_cast<long long>(a.var_rows_examined));
-      if (v.faithfulness.sgrs)
-        std::printf("; SGRS: %lld first draws accepted, %lld redrawn, %lld fallbacks",
-                    static_cast<long long>(a.sgrs.first_draw_accepted), static_cast<long long>(a.sgrs.redrawn),
-                    static_cast<long long>(a.sgrs.fallbacks));
-      std::printf("\n");
-    }
+    VlmAsker asker;
+    const VlmAskResult r = asker.ask(o->model, picture, o->question, a, [](const std::string& delta) {
+      std::fputs(delta.c_str(), stdout);
+      std::fflush(stdout);
+      return true;
+    });
+    std::printf("\n");
+    for (const std::string& line : r.stats) std::printf("%s\n", line.c_str());
     if (!o->saliency.empty()) {
-      if (!a.saliency.defined()) throw ConfigError("--saliency: the answer is empty, nothing to explain");
-      write_saliency_png(o->saliency, picture, a.saliency);
+      if (!r.answer.saliency.defined()) throw ConfigError("--saliency: the answer is empty, nothing to explain");
+      save_png(o->saliency, saliency_overlay(picture, r.answer.saliency),
+               {{"iris:saliency", "image-patch saliency of the answer to: " + o->question}});
       std::printf("saliency: %s\n", o->saliency.c_str());
     }
   });

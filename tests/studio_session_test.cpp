@@ -127,5 +127,50 @@ TEST(StudioSession, CancelStopsTheGenerationAndBadScriptsFail) {
   EXPECT_NE(unknown.log.find("session.txt:1: unknown command"), std::string::npos) << unknown.log;
 }
 
+#ifdef IRIS_ASSETS_DIR
+// The starter pack in the studio: a generation whose PNG carries the script's settings, then
+// the Ask tab on that result with LocoRE and the saliency heat map (issue 10's second script).
+TEST(StudioSession, PackGeneratesThenAsksWithTheSaliencyMap) {
+  const std::string pack = std::string(IRIS_ASSETS_DIR) + "/starter";
+  if (!fs::exists(pack + "/model_index.json") || !fs::exists(pack + "/vlm/config.json"))
+    GTEST_SKIP() << "no starter pack in " << pack;
+  const std::string out = scratch("pack-out"), shot = scratch("pack-ask.png");
+  const std::string script =
+      "set model " + pack + "\n"
+      "set output_dir " + out + "\n"
+      "set prompt \"a large red circle at the top left and a blue square at the bottom right\"\n"
+      "set sampler euler\nset steps 8\nset cfg 4\nset random_seed false\nset seed 42\nset size 64x64\n"
+      "press generate\nwait 300\nexpect done\nframes 2\n"
+      "press ask_about_result\n"
+      "set vlm " + pack + "/vlm\n"
+      "set question \"Describe the image.\"\nset max_new_tokens 24\n"
+      "set ask_locore true\nset ask_saliency true\n"
+      "press ask\nwait 300\nexpect done\nframes 3\n";
+  const StudioRun r = run_studio(script, shot);
+  ASSERT_EQ(r.status, 0) << r.log;
+  // The answer, its stats, the method and the heat map were reported.
+  EXPECT_NE(r.log.find("answer (done): "), std::string::npos) << r.log;
+  EXPECT_NE(r.log.find("generated tokens"), std::string::npos) << r.log;
+  EXPECT_NE(r.log.find("methods: locore(beta=0.15"), std::string::npos) << r.log;
+  EXPECT_NE(r.log.find("saliency heat map: 256x256"), std::string::npos) << r.log;
+  // The screenshot is a real picture.
+  const Image img = load_image(shot);
+  std::set<uint32_t> colours;
+  for (size_t i = 0; i < img.pixels.size(); i += 3)
+    colours.insert(img.pixels[i] << 16 | img.pixels[i + 1] << 8 | img.pixels[i + 2]);
+  EXPECT_GT(colours.size(), 300u) << "screenshot has too few colours for the result and its heat map";
+  // One result, whose metadata is the script's.
+  std::vector<fs::path> pngs;
+  for (const auto& e : fs::directory_iterator(out)) pngs.push_back(e.path());
+  ASSERT_EQ(pngs.size(), 1u);
+  const GenerationParams p = params_from_metadata(read_png_text(pngs[0].string()), pngs[0].string());
+  EXPECT_EQ(p.prompt, "a large red circle at the top left and a blue square at the bottom right");
+  EXPECT_EQ(p.steps, 8);
+  EXPECT_EQ(p.seed, 42u);
+  EXPECT_EQ(p.sampler, "euler");
+  EXPECT_EQ(p.width, 64);
+}
+#endif
+
 }  // namespace
 }  // namespace iris

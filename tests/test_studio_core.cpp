@@ -47,6 +47,17 @@ TEST(StudioSettings, JsonRoundTripKeepsEveryField) {
   s.use_skeleton = true;
   s.skeleton = "/pose.json";
   s.vlm = "/llava";
+  s.ask_image = "/q.png";
+  s.ask_draft = "/draft";
+  s.ask_draft_chain = 3;
+  s.ask_visor_budget = 2;
+  s.ask_var = true;
+  s.ask_var_sink_dims = "47, 252";
+  s.ask_var_p = 0.4;
+  s.ask_locore = true;
+  s.ask_locore_beta = 0.3;
+  s.ask_sgrs = true;
+  s.ask_saliency = true;
   const StudioSettings back = StudioSettings::from_json(s.to_json(), "t");
   EXPECT_EQ(back.to_json(), s.to_json());
   EXPECT_EQ(back.image_prompts.size(), 2u);
@@ -464,6 +475,99 @@ TEST(StudioWorker, CancelStopsWithinAStepAndErrorsAreReported) {
   w.start(odd);
   wait_idle(w, 30);
   EXPECT_EQ(w.status().state, JobState::Failed);
+}
+
+TEST(StudioAsk, SettingsBecomeOptionsAndBadOnesNameTheKey) {
+  StudioSettings s;
+  s.max_new_tokens = 7;
+  s.ask_var = true;
+  s.ask_var_sink_dims = " 47,252 ";
+  s.ask_var_p = 0.25;
+  s.ask_locore = true;
+  s.ask_locore_beta = 0.5;
+  s.ask_sgrs = true;
+  s.ask_saliency = true;
+  s.ask_draft = "/d";
+  s.ask_draft_chain = 4;
+  const VlmAskOptions o = ask_options_from_settings(s);
+  EXPECT_EQ(o.vqa.max_new_tokens, 7);
+  EXPECT_EQ(o.vqa.faithfulness.var_options.sink_dims, (std::vector<int64_t>{47, 252}));
+  EXPECT_DOUBLE_EQ(o.vqa.faithfulness.var_options.p, 0.25);
+  EXPECT_TRUE(o.vqa.faithfulness.locore && o.vqa.faithfulness.sgrs && o.vqa.saliency_map);
+  EXPECT_DOUBLE_EQ(o.vqa.faithfulness.locore_options.beta, 0.5);
+  EXPECT_EQ(o.draft, "/d");
+  EXPECT_EQ(o.draft_chain, 4);
+  EXPECT_TRUE(parse_sink_dims("", "x").empty());
+  for (const char* bad : {"47;252", "a", "47,", "-3"}) {
+    try {
+      parse_sink_dims(bad, "ask_var_sink_dims");
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("ask_var_sink_dims"), std::string::npos) << e.what();
+    }
+  }
+  StudioSettings t;
+  EXPECT_THROW(t.set("ask_var_p", "1.5"), ConfigError);
+  EXPECT_THROW(t.set("ask_visor_budget", "-2"), ConfigError);
+  EXPECT_THROW(t.set("ask_var_sink_dims", "x,y"), ConfigError);
+  t.set("ask_saliency", "on");
+  EXPECT_TRUE(t.ask_saliency);
+}
+
+void wait_ask(AskWorker& w, int seconds) {
+  const auto t0 = std::chrono::steady_clock::now();
+  while (w.busy() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(seconds))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  w.wait();
+}
+
+TEST(StudioAsk, WorkerAnswersWithMethodsAndAHeatMapAndReportsConflicts) {
+  const std::string dir = scratch("llava");
+  RandomLlavaSpec spec = tiny_llava_spec(false);
+  spec.seed = 5;
+  write_random_llava(dir, spec);
+  Image picture(40, 30, 3);
+  for (size_t i = 0; i < picture.pixels.size(); ++i) picture.pixels[i] = static_cast<uint8_t>(i * 29 % 251);
+  StudioSettings s;
+  s.max_new_tokens = 5;
+  s.ask_locore = true;
+  s.ask_saliency = true;
+  AskJob job;
+  job.model = dir;
+  job.image = picture;
+  job.question = "What is this?";
+  job.options = ask_options_from_settings(s);
+  job.threads = 1;
+  AskWorker w;
+  w.start(job);
+  wait_ask(w, 60);
+  AskStatus st = w.status();
+  ASSERT_EQ(st.state, JobState::Done) << st.message;
+  EXPECT_FALSE(st.answer.empty());
+  EXPECT_NE(st.stats.find("generated tokens"), std::string::npos) << st.stats;
+  EXPECT_NE(st.stats.find("methods: locore(beta=0.15"), std::string::npos) << st.stats;
+  ASSERT_FALSE(st.saliency.empty());
+  EXPECT_EQ(st.saliency.width, 256);  // the 30-pixel square the model saw, enlarged
+  EXPECT_EQ(st.finished, 1);
+
+  // A draft with the methods on: one clear failure, and the worker stays usable.
+  AskJob conflict = job;
+  conflict.options.draft = dir;
+  w.start(conflict);
+  wait_ask(w, 60);
+  st = w.status();
+  EXPECT_EQ(st.state, JobState::Failed);
+  EXPECT_NE(st.message.find("not with a ViSpec draft"), std::string::npos) << st.message;
+  AskJob plain = job;
+  plain.options = VlmAskOptions{};
+  plain.options.vqa.max_new_tokens = 5;
+  w.start(plain);
+  wait_ask(w, 60);
+  st = w.status();
+  EXPECT_EQ(st.state, JobState::Done) << st.message;
+  EXPECT_TRUE(st.saliency.empty());
+  EXPECT_EQ(st.stats.find("methods:"), std::string::npos) << st.stats;
+  EXPECT_EQ(st.finished, 3);
 }
 
 }  // namespace

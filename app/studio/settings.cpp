@@ -44,7 +44,11 @@ Json StudioSettings::to_json() const {
               {"style_strength", style_strength}, {"use_skeleton", use_skeleton}, {"skeleton", skeleton},
               {"skeleton_scale", skeleton_scale}, {"show_skeleton_overlay", show_skeleton_overlay},
               {"output_dir", output_dir}, {"vlm", vlm}, {"question", question},
-              {"max_new_tokens", max_new_tokens}, {"window_width", window_width},
+              {"max_new_tokens", max_new_tokens}, {"ask_image", ask_image}, {"ask_draft", ask_draft},
+              {"ask_draft_chain", ask_draft_chain}, {"ask_visor_budget", ask_visor_budget}, {"ask_var", ask_var},
+              {"ask_var_sink_dims", ask_var_sink_dims}, {"ask_var_p", ask_var_p}, {"ask_locore", ask_locore},
+              {"ask_locore_beta", ask_locore_beta}, {"ask_sgrs", ask_sgrs}, {"ask_saliency", ask_saliency},
+              {"window_width", window_width},
               {"window_height", window_height}};
 }
 
@@ -100,6 +104,17 @@ StudioSettings StudioSettings::from_json(const Json& j, const std::string& what)
   str("vlm", s.vlm);
   str("question", s.question);
   integer("max_new_tokens", s.max_new_tokens);
+  str("ask_image", s.ask_image);
+  str("ask_draft", s.ask_draft);
+  integer("ask_draft_chain", s.ask_draft_chain);
+  integer("ask_visor_budget", s.ask_visor_budget);
+  flag("ask_var", s.ask_var);
+  str("ask_var_sink_dims", s.ask_var_sink_dims);
+  num("ask_var_p", s.ask_var_p);
+  flag("ask_locore", s.ask_locore);
+  num("ask_locore_beta", s.ask_locore_beta);
+  flag("ask_sgrs", s.ask_sgrs);
+  flag("ask_saliency", s.ask_saliency);
   integer("window_width", s.window_width);
   integer("window_height", s.window_height);
   s.validate(what);
@@ -129,8 +144,36 @@ void StudioSettings::validate(const std::string& what) const {
   if (!(skeleton_scale >= 0 && skeleton_scale <= 10)) bad("skeleton_scale", std::to_string(skeleton_scale), "is outside [0, 10]");
   if (threads < 0 || threads > 1024) bad("threads", std::to_string(threads), "is outside [0, 1024]");
   if (max_new_tokens < 1 || max_new_tokens > 8192) bad("max_new_tokens", std::to_string(max_new_tokens), "is outside [1, 8192]");
+  if (ask_draft_chain < 0 || ask_draft_chain > 64) bad("ask_draft_chain", std::to_string(ask_draft_chain), "is outside [0, 64]");
+  if (ask_visor_budget < -1 || ask_visor_budget > 1024)
+    bad("ask_visor_budget", std::to_string(ask_visor_budget), "is outside [-1 (router), 1024]");
+  if (!(ask_var_p >= 0 && ask_var_p <= 1)) bad("ask_var_p", std::to_string(ask_var_p), "is outside [0, 1]");
+  if (!(ask_locore_beta >= 0 && ask_locore_beta <= 10))
+    bad("ask_locore_beta", std::to_string(ask_locore_beta), "is outside [0, 10]");
+  parse_sink_dims(ask_var_sink_dims, what + ": ask_var_sink_dims");
   if (window_width < 200 || window_height < 150 || window_width > 16384 || window_height > 16384)
     bad("window size", std::to_string(window_width) + "x" + std::to_string(window_height), "is not a usable window size");
+}
+
+std::vector<int64_t> parse_sink_dims(const std::string& text, const std::string& what) {
+  std::vector<int64_t> dims;
+  if (text.find_first_not_of(" \t") == std::string::npos) return dims;
+  size_t i = 0;
+  for (;;) {
+    const size_t comma = text.find(',', i);
+    std::string part = text.substr(i, comma == std::string::npos ? std::string::npos : comma - i);
+    part.erase(0, part.find_first_not_of(" \t"));
+    part.erase(part.find_last_not_of(" \t") + 1);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(part.c_str(), &end, 10);
+    if (part.empty() || *end != 0 || errno == ERANGE || v < 0)
+      throw ConfigError(what + ": \"" + text + "\": expected hidden dimensions like 47,252");
+    dims.push_back(v);
+    if (comma == std::string::npos) break;
+    i = comma + 1;
+  }
+  return dims;
 }
 
 std::pair<int, int> parse_size(const std::string& text, const std::string& what) {

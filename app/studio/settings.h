@@ -49,9 +49,20 @@ struct StudioSettings {
   std::string output_dir;
 
   // Ask tab.
-  std::string vlm;              // LLaVA folder
+  std::string vlm;              // LLaVA folder (or a VISOR one)
   std::string question = "What is in this image?";
   int max_new_tokens = 128;
+  std::string ask_image;        // the image asked about (the "Use current result" button sets it too)
+  std::string ask_draft;        // ViSpec draft folder, "" = plain decoding
+  int ask_draft_chain = 0;      // 0: dynamic draft tree; K: a chain of K tokens
+  int ask_visor_budget = -1;    // VISOR folders: -1 = the router decides
+  bool ask_var = false;         // VAR, with the model's sink dims ("47,252"; iris vlm sinks)
+  std::string ask_var_sink_dims;
+  double ask_var_p = 0.6;
+  bool ask_locore = false;      // LocoRE
+  double ask_locore_beta = 0.15;
+  bool ask_sgrs = false;        // saliency-guided rejection sampling
+  bool ask_saliency = false;    // heat map of the image patches the answer drew on
 
   int window_width = 1280, window_height = 800;
 
@@ -82,6 +93,8 @@ void save_settings(const std::string& path, const StudioSettings& s);
 
 // "512x768" -> (512, 768). ConfigError naming `what` otherwise.
 std::pair<int, int> parse_size(const std::string& text, const std::string& what);
+// "47, 252" -> {47, 252} ("" -> {}); ConfigError naming `what` on anything else.
+std::vector<int64_t> parse_sink_dims(const std::string& text, const std::string& what);
 
 // The generation request for the current settings: loads the init image, reference images
 // and (when `skeleton` is given and use_skeleton is set) attaches the skeleton. `seed` is the

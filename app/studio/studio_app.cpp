@@ -14,6 +14,7 @@
 #include <imgui_stdlib.h>
 
 #include "core/error.h"
+#include "vlm/visor.h"
 
 extern char** environ;
 
@@ -123,9 +124,7 @@ void StudioApp::press(const std::string& button) {
     if (results_.empty()) throw ConfigError("ask_about_result: no result yet");
     const size_t i = selected_result_ >= 0 ? static_cast<size_t>(selected_result_) : 0;
     const auto& r = results_[std::min(i, results_.size() - 1)];
-    ask_image_ = r.image;
-    ask_image_path_ = r.path;
-    ask_tex_.upload(ask_image_, true);
+    set_ask_image(r.image, r.path);
     select_tab("ask");
   } else {
     throw ConfigError("unknown button \"" + button + "\"");
@@ -155,14 +154,35 @@ void StudioApp::start_generation() {
   }
 }
 
+void StudioApp::set_ask_image(const Image& image, const std::string& path) {
+  ask_image_ = image;
+  ask_image_path_ = path;
+  s_.ask_image = path;
+  ask_tex_.upload(ask_image_, true);
+}
+
+bool StudioApp::load_ask_image() {
+  if (s_.ask_image.empty() || (s_.ask_image == ask_image_path_ && !ask_image_.empty())) return true;
+  try {
+    set_ask_image(load_image(s_.ask_image), s_.ask_image);
+    return true;
+  } catch (const std::exception& e) {
+    set_notice(e.what(), true);
+    return false;
+  }
+}
+
 void StudioApp::start_ask() {
   if (ask_.busy()) return;
+  if (!load_ask_image()) return;
   try {
     AskJob job;
     job.model = s_.vlm;
     job.image = ask_image_;
     job.question = s_.question;
-    job.max_new_tokens = s_.max_new_tokens;
+    job.options = ask_options_from_settings(s_);
+    // The budget only means something on a VISOR folder: switching folders keeps it.
+    if (!is_visor_folder(job.model)) job.options.visor_budget = -1;
     job.threads = s_.threads;
     if (job.model.empty()) throw ConfigError("choose a LLaVA folder first");
     if (job.image.empty()) throw ConfigError("load an image first (or send a result from Generate)");
@@ -202,13 +222,8 @@ void StudioApp::on_drop(const std::vector<std::string>& paths) {
     std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
     if (std::find(kImageExts.begin(), kImageExts.end(), ext) == kImageExts.end()) continue;
     if (tab_ == Tab::Ask) {
-      ask_image_path_ = p;
-      try {
-        ask_image_ = load_image(p);
-        ask_tex_.upload(ask_image_, true);
-      } catch (const std::exception& e) {
-        set_notice(e.what(), true);
-      }
+      s_.ask_image = p;
+      load_ask_image();
     } else {
       s_.image_prompts.push_back({p, 1.0, "all"});
     }
@@ -247,6 +262,11 @@ void StudioApp::poll_workers() {
     reported_asks_ = asks_started_;
     if (as.state == JobState::Failed) set_notice("question failed: " + as.message, true);
     else set_notice(std::string("answer ") + state_name(as.state));
+    // Also on stdout: a terminal (and a scripted session's log) keeps every answer.
+    std::printf("answer (%s): %s\n", state_name(as.state), as.state == JobState::Failed ? as.message.c_str() : as.answer.c_str());
+    if (!as.stats.empty()) std::printf("%s\n", as.stats.c_str());
+    if (!as.saliency.empty()) std::printf("saliency heat map: %dx%d\n", as.saliency.width, as.saliency.height);
+    std::fflush(stdout);
   }
 }
 
@@ -518,9 +538,7 @@ void StudioApp::draw_result_viewer() {
   if (ImGui::Button("Open folder")) open_folder(fs::path(r.path).parent_path().string());
   ImGui::SameLine();
   if (ImGui::Button("Ask about it")) {
-    ask_image_ = r.image;
-    ask_image_path_ = r.path;
-    ask_tex_.upload(ask_image_, true);
+    set_ask_image(r.image, r.path);
     select_tab("ask");
   }
   if (results_.size() > 1) {
@@ -726,22 +744,15 @@ void StudioApp::draw_gallery_tab() {
 void StudioApp::draw_ask_tab() {
   ImGui::BeginChild("ask_controls", ImVec2(440, 0), true);
   path_field("LLaVA folder", &s_.vlm, true, {});
-  path_field("image", &ask_image_path_, false, kImageExts);
+  path_field("image", &s_.ask_image, false, kImageExts);
   if (ImGui::Button("Load image")) {
-    try {
-      ask_image_ = load_image(ask_image_path_);
-      ask_tex_.upload(ask_image_, true);
-    } catch (const std::exception& e) {
-      set_notice(e.what(), true);
-    }
+    ask_image_path_.clear();  // reload even when the path did not change
+    load_ask_image();
   }
   ImGui::SameLine();
   ImGui::BeginDisabled(selected_result_ < 0);
-  if (ImGui::Button("Use current result") && selected_result_ >= 0) {
-    ask_image_ = results_[selected_result_].image;
-    ask_image_path_ = results_[selected_result_].path;
-    ask_tex_.upload(ask_image_, true);
-  }
+  if (ImGui::Button("Use current result") && selected_result_ >= 0)
+    set_ask_image(results_[selected_result_].image, results_[selected_result_].path);
   ImGui::EndDisabled();
   ImGui::TextUnformatted("Question");
   ImGui::InputTextMultiline("##question", &s_.question, ImVec2(-1, ImGui::GetTextLineHeight() * 3));
@@ -751,15 +762,56 @@ void StudioApp::draw_ask_tab() {
   } else if (ImGui::Button("Ask (Ctrl+Enter)", ImVec2(-1, 28))) {
     start_ask();
   }
-  ImGui::TextDisabled("ViSpec / VISOR / VAR / SGRS / LocoRE toggles and the\nsaliency overlay are not in this build yet.");
+  if (ImGui::CollapsingHeader("Decoding", ImGuiTreeNodeFlags_DefaultOpen)) {
+    path_field("ViSpec draft", &s_.ask_draft, true, {});
+    ImGui::SetNextItemWidth(120);
+    ImGui::InputInt("draft chain (0: tree)", &s_.ask_draft_chain);
+    s_.ask_draft_chain = std::clamp(s_.ask_draft_chain, 0, 64);
+    ImGui::SetNextItemWidth(160);
+    ImGui::SliderInt("VISOR budget", &s_.ask_visor_budget, -1, 8, s_.ask_visor_budget < 0 ? "auto (router)" : "%d");
+    ImGui::TextDisabled("The draft speeds up LLaVA folders (same answer);\nthe budget applies to VISOR folders.");
+  }
+  if (ImGui::CollapsingHeader("Hallucination control", ImGuiTreeNodeFlags_DefaultOpen)) {
+    ImGui::Checkbox("VAR", &s_.ask_var);
+    ImGui::SameLine();
+    ImGui::SetNextItemWidth(110);
+    ImGui::InputText("sink dims", &s_.ask_var_sink_dims);
+    ImGui::SameLine();
+    ImGui::SetNextItemWidth(90);
+    float p = static_cast<float>(s_.ask_var_p);
+    if (ImGui::SliderFloat("p", &p, 0.0f, 1.0f, "%.2f")) s_.ask_var_p = p;
+    ImGui::Checkbox("LocoRE", &s_.ask_locore);
+    ImGui::SameLine();
+    ImGui::SetNextItemWidth(120);
+    float beta = static_cast<float>(s_.ask_locore_beta);
+    if (ImGui::SliderFloat("beta", &beta, 0.0f, 1.0f, "%.2f")) s_.ask_locore_beta = beta;
+    ImGui::Checkbox("SGRS", &s_.ask_sgrs);
+    ImGui::SameLine();
+    ImGui::Checkbox("saliency heat map", &s_.ask_saliency);
+    ImGui::TextDisabled("Sink dims: iris vlm sinks --model DIR --image ...");
+  }
   ImGui::EndChild();
   ImGui::SameLine();
   ImGui::BeginChild("ask_view", ImVec2(0, 0), true);
+  const AskStatus as = ask_.status();
+  if (!as.saliency.empty() && as.finished != saliency_shown_) {
+    saliency_tex_.upload(as.saliency, true);
+    saliency_shown_ = as.finished;
+  } else if (as.saliency.empty() && as.finished != saliency_shown_ && !ask_.busy()) {
+    saliency_tex_ = GlTexture{};  // the last answer has no heat map
+    saliency_shown_ = as.finished;
+  }
+  const bool heat = saliency_tex_.valid() && s_.ask_saliency;
   if (ask_tex_.valid()) {
     const ImVec2 avail = ImGui::GetContentRegionAvail();
-    ImGui::Image(ask_tex_.imgui_id(), fit(ask_tex_.width(), ask_tex_.height(), avail.x, avail.y * 0.6f));
+    const float w = heat ? (avail.x - 8) * 0.5f : avail.x;
+    ImGui::Image(ask_tex_.imgui_id(), fit(ask_tex_.width(), ask_tex_.height(), w, avail.y * 0.6f));
+    if (heat) {
+      ImGui::SameLine();
+      ImGui::Image(saliency_tex_.imgui_id(), fit(saliency_tex_.width(), saliency_tex_.height(), w, avail.y * 0.6f));
+    }
   }
-  const AskStatus as = ask_.status();
+  if (heat) ImGui::TextDisabled("right: which image patches the answer drew on (saliency)");
   if (ask_.busy() && as.state == JobState::Loading) ImGui::TextDisabled("loading the VLM...");
   ImGui::TextWrapped("%s", as.answer.c_str());
   if (!as.stats.empty()) ImGui::TextDisabled("%s", as.stats.c_str());

@@ -107,10 +107,14 @@ class StudioApp : public ScriptHost {
   std::vector<std::string> styles_;
   std::string styles_error_;
 
-  // Ask tab.
+  // Ask tab. s_.ask_image names the image; ask_image_path_ is the one loaded into ask_image_.
   std::string ask_image_path_;
   Image ask_image_;
-  GlTexture ask_tex_;
+  GlTexture ask_tex_, saliency_tex_;
+  int saliency_shown_ = 0;  // AskStatus::finished of the heat map in saliency_tex_
+  void set_ask_image(const Image& image, const std::string& path);
+  // Loads s_.ask_image unless it is the image already loaded; false (and a notice) on failure.
+  bool load_ask_image();
 
   // File browser popup.
   struct Browser {

@@ -268,41 +268,62 @@ AskStatus AskWorker::status() const {
 }
 
 void AskWorker::run(AskJob job) {
-  auto finish = [&](JobState s, const std::string& message) {
+  auto finish = [&](JobState st, const std::string& message) {
     std::lock_guard<std::mutex> lock(mu_);
-    status_.state = s;
+    status_.state = st;
     status_.message = message;
+    status_.finished = ++finished_;
   };
   try {
     set_threads(job.threads);
     if (job.model.empty()) throw ConfigError("no VLM: choose a LLaVA folder first");
     if (job.image.empty()) throw ConfigError("no image: load one or send a result");
-    if (!model_ || loaded_ != job.model) {
-      model_.reset();
-      model_ = std::make_unique<VqaModel>(VqaModel::load(job.model));
-      loaded_ = job.model;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      status_.state = JobState::Loading;
     }
+    asker_.load(job.model);
     {
       std::lock_guard<std::mutex> lock(mu_);
       status_.state = JobState::Running;
     }
-    VqaOptions opt;
-    opt.max_new_tokens = job.max_new_tokens;
-    const VqaAnswer a = ask(*model_, job.image, job.question, opt, [this](const std::string& delta) {
+    const VlmAskResult r = asker_.ask(job.model, job.image, job.question, job.options, [this](const std::string& delta) {
       std::lock_guard<std::mutex> lock(mu_);
       status_.answer += delta;
       return !cancel_.load();
     });
+    std::string stats;
+    for (const std::string& line : r.stats) stats += (stats.empty() ? "" : "\n") + line;
+    Image heat;
+    if (job.options.vqa.saliency_map && r.answer.saliency.defined()) heat = saliency_overlay(job.image, r.answer.saliency);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      status_.answer = a.text;
-      status_.stats = a.stats.line();
+      status_.answer = r.answer.text;
+      status_.stats = stats;
+      status_.saliency = std::move(heat);
     }
     finish(cancel_.load() ? JobState::Cancelled : JobState::Done, "");
   } catch (const std::exception& e) {
     finish(JobState::Failed, e.what());
   }
   busy_.store(false);
+}
+
+VlmAskOptions ask_options_from_settings(const StudioSettings& s) {
+  VlmAskOptions o;
+  o.vqa.max_new_tokens = s.max_new_tokens;
+  o.draft = s.ask_draft;
+  o.draft_chain = s.ask_draft_chain;
+  o.visor_budget = s.ask_visor_budget;
+  FaithfulnessOptions& f = o.vqa.faithfulness;
+  f.var = s.ask_var;
+  f.var_options.sink_dims = parse_sink_dims(s.ask_var_sink_dims, "ask_var_sink_dims");
+  f.var_options.p = s.ask_var_p;
+  f.locore = s.ask_locore;
+  f.locore_options.beta = s.ask_locore_beta;
+  f.sgrs = s.ask_sgrs;
+  o.vqa.saliency_map = s.ask_saliency;
+  return o;
 }
 
 }  // namespace iris::studio

@@ -16,9 +16,7 @@
 #include "core/progress.h"
 #include "pipelines/stable_diffusion.h"
 
-namespace iris {
-struct VqaModel;
-}
+#include "pipelines/vlm_ask.h"
 
 namespace iris::studio {
 
@@ -109,18 +107,23 @@ class GenerationWorker {
 
 // The Ask tab: one question at a time about one image, the answer streamed.
 struct AskJob {
-  std::string model;  // LLaVA folder
+  std::string model;  // LLaVA folder (or a VISOR one)
   Image image;
   std::string question;
-  int max_new_tokens = 128;
+  VlmAskOptions options;  // max tokens, ViSpec draft, VISOR budget, VAR/LocoRE/SGRS, saliency map
   int threads = 0;
 };
+
+// The Ask tab's settings as a job's options (sink dims parsed; ConfigError naming the setting).
+VlmAskOptions ask_options_from_settings(const StudioSettings& s);
 
 struct AskStatus {
   JobState state = JobState::Idle;
   std::string answer;  // grows while streaming
-  std::string stats;   // VqaStats::line() once done
+  std::string stats;   // VlmAskResult::stats, one per line, once done
   std::string message;
+  Image saliency;      // the heat map over the image when one was asked for (empty otherwise)
+  int finished = 0;    // answers finished by this worker (a new one re-uploads the heat map)
 };
 
 class AskWorker {
@@ -142,8 +145,8 @@ class AskWorker {
   std::atomic<bool> busy_{false};
   std::atomic<bool> cancel_{false};
   AskStatus status_;
-  std::unique_ptr<VqaModel> model_;
-  std::string loaded_;
+  int finished_ = 0;
+  VlmAsker asker_;  // models stay loaded between questions (touched by the worker thread only)
 };
 
 }  // namespace iris::studio
