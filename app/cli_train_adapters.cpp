@@ -1,9 +1,12 @@
 // iris train ip-adapter | style | sk-adapter: adapter training with the backbone frozen.
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 
 #include "app/cli.h"
 #include "core/runtime.h"
 #include "pipelines/adapter_training.h"
+#include "pipelines/style_training.h"
 
 namespace iris::cli {
 
@@ -50,6 +53,47 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
   });
 }
 
+// iris train new-style: one new style for an existing style adapter, from a folder of images.
+void add_new_style_trainer(CLI::App* train) {
+  auto* cmd = train->add_subcommand(
+      "new-style", "Learn a new style from a folder of images for an existing style adapter (only its embedding trains)");
+  struct Opts {
+    NewStyleOptions o;
+    int threads = 0;
+  };
+  auto opts = std::make_shared<Opts>();
+  NewStyleOptions& o = opts->o;
+  cmd->add_option("--model", o.model, "Stable Diffusion folder (the frozen backbone)")->required();
+  cmd->add_option("--adapter", o.adapter, "The style adapter (style-adapter.safetensors) the style is for")->required();
+  cmd->add_option("--images", o.images, "Folder of images in the style (NAME.txt beside an image: its caption)")->required();
+  cmd->add_option("--name", o.name, "The style's name")->required();
+  cmd->add_option("--out", o.out, "Output file (default: styles/NAME.safetensors next to the adapter)");
+  cmd->add_option("--caption", o.caption, "Caption of images without a .txt (what the style should NOT absorb)");
+  cmd->add_option("--description", o.description, "Stored in the style file");
+  cmd->add_option("--steps", o.steps, "Optimizer steps")->capture_default_str();
+  cmd->add_option("--batch", o.batch, "Images per step")->capture_default_str();
+  cmd->add_option("--lr", o.lr, "Learning rate (Adam, constant)")->capture_default_str();
+  cmd->add_option("--drop-text", o.drop_text, "Probability of dropping the caption")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed of the batches, timesteps and noise")->capture_default_str();
+  cmd->add_option("--resolution", o.resolution, "Square training size (0: the model's)")->capture_default_str();
+  cmd->add_option("--max-images", o.max_images, "Use at most this many images (0: all)")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu | cuda | cuda:N | auto")->capture_default_str();
+  cmd->add_option("--threads", opts->threads, "CPU threads (0: all cores)");
+  cmd->callback([opts] {
+    opts->o.validate();
+    set_threads(opts->threads);
+    NewStyleCallbacks cb;
+    cb.should_cancel = cancel_on_interrupt();
+    const int every = std::max(1, opts->o.steps / 20);
+    cb.on_step = [every](int step, int total, double loss) {
+      if (step % every == 0 || step == total) std::printf("[new-style] step %d/%d  loss %.5f\n", step, total, loss);
+      std::fflush(stdout);
+    };
+    const NewStyleResult r = train_new_style(opts->o, cb);
+    if (r.cancelled) throw Cancelled("new style: interrupted; the style so far is in " + r.path);
+  });
+}
+
 }  // namespace
 
 void add_train_adapters_command(CLI::App& app) {
@@ -60,6 +104,7 @@ void add_train_adapters_command(CLI::App& app) {
                       AdapterKind::Style);
   add_adapter_trainer(train, "sk-adapter", "Train an SK-Adapter (skeleton encoder + per-layer K/V)",
                       AdapterKind::Skeleton);
+  add_new_style_trainer(train);
 }
 
 }  // namespace iris::cli

@@ -14,6 +14,7 @@
 #include "core/image.h"
 #include "core/mmap_file.h"
 #include "core/png_text.h"
+#include "adapters/style_adapter.h"
 #include "pipelines/random_model.h"
 #include "pipelines/stable_diffusion.h"
 #include "test_util.h"
@@ -169,6 +170,42 @@ TEST(StudioSession, PackGeneratesThenAsksWithTheSaliencyMap) {
   EXPECT_EQ(p.seed, 42u);
   EXPECT_EQ(p.sampler, "euler");
   EXPECT_EQ(p.width, 64);
+}
+
+// "Train a new style from images" in the Style section: a scripted run against the pack's style
+// adapter (copied, so the new style lands in scratch), then the style is listed and usable.
+TEST(StudioSession, TrainsANewStyleFromAFolderWithTheLossPlot) {
+  const std::string pack = std::string(IRIS_ASSETS_DIR) + "/starter";
+  if (!fs::exists(pack + "/adapters/style-adapter.safetensors")) GTEST_SKIP() << "no starter pack in " << pack;
+  const std::string adapters = scratch("adapters");
+  fs::create_directories(adapters);
+  fs::copy_file(pack + "/adapters/style-adapter.safetensors", adapters + "/style-adapter.safetensors");
+  const std::string images = scratch("style-images");
+  fs::create_directories(images);
+  for (int i = 0; i < 4; ++i) {  // a made-up style: bold diagonal stripes
+    Image img(64, 64, 3);
+    for (int y = 0; y < 64; ++y)
+      for (int x = 0; x < 64; ++x)
+        for (int c = 0; c < 3; ++c) img.at(x, y, c) = ((x + y + 4 * i) / 6) % 2 ? 230 : static_cast<uint8_t>(40 * c);
+    save_png(images + "/s" + std::to_string(i) + ".png", img);
+  }
+  const std::string script = "set model " + pack + "\nset style_adapter " + adapters +
+                             "/style-adapter.safetensors\nset new_style_images " + images +
+                             "\nset new_style_name diagonal\nset new_style_steps 12\nset threads 1\n"
+                             "press train_style\nwait 300\nexpect done\nframes 3\n";
+  const StudioRun r = run_studio(script, scratch("style-train.png"));
+  ASSERT_EQ(r.status, 0) << r.log;
+  ASSERT_TRUE(fs::is_regular_file(adapters + "/styles/diagonal.safetensors")) << r.log;
+  const StyleFile made = load_style(adapters + "/styles/diagonal.safetensors");
+  EXPECT_EQ(made.name, "diagonal");
+  EXPECT_TRUE(at::isfinite(made.embedding).all().item<bool>());
+  // A bad name fails the script with the reason.
+  const StudioRun bad = run_studio("set model " + pack + "\nset style_adapter " + adapters +
+                                       "/style-adapter.safetensors\nset new_style_images " + images +
+                                       "\nset new_style_name \"two words\"\npress train_style\n",
+                                   scratch("style-bad.png"));
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.log.find("--name"), std::string::npos) << bad.log;
 }
 #endif
 

@@ -9,6 +9,7 @@
 #include "core/tensor_io.h"
 #include "pipelines/adapter_training.h"
 #include "pipelines/random_model.h"
+#include "pipelines/style_training.h"
 #include "tests/test_util.h"
 #include "world/dataset.h"
 
@@ -182,4 +183,101 @@ TEST(AdapterTraining, BadOptionsAndData) {
   EXPECT_THROW(train_adapter(model, o, quiet()), Error);
   EXPECT_THROW(parse_adapter_kind("lora"), ConfigError);
   EXPECT_EQ(parse_adapter_kind("skeleton"), AdapterKind::Skeleton);
+}
+
+// ---- A new style from a folder of images (pipelines/style_training.h) ----------------------
+
+TEST(NewStyle, TrainsOnlyTheEmbeddingDeterministicallyAndFindsItByName) {
+  // An adapter to extend (2 steps are enough: its weights only have to exist).
+  const std::string adapter_dir = scratch("ns-adapter");
+  train_adapter(tiny_model(), options(AdapterKind::Style, adapter_dir, 2), quiet());
+  const std::string adapter = adapter_dir + "/style-adapter.safetensors";
+  const auto adapter_before = file_tensors(adapter);
+
+  NewStyleOptions o;
+  o.model = tiny_model_dir();
+  o.adapter = adapter;
+  o.images = dataset() + "/images";
+  o.name = "my-style";
+  o.steps = 6;
+  o.batch = 2;
+  o.resolution = 32;
+  o.seed = 3;
+  NewStyleCallbacks cb;
+  cb.log = [](const std::string&) {};
+  int calls = 0;
+  cb.on_step = [&](int step, int total, double loss) {
+    ++calls;
+    EXPECT_EQ(step, calls);
+    EXPECT_EQ(total, 6);
+    EXPECT_TRUE(std::isfinite(loss));
+  };
+  const NewStyleResult r = train_new_style(o, cb);
+  EXPECT_EQ(calls, 6);
+  EXPECT_EQ(r.losses.size(), 6u);
+  EXPECT_EQ(r.images, 8);
+  EXPECT_EQ(r.path, adapter_dir + "/styles/my-style.safetensors");
+  const StyleFile made = load_style(r.path);
+  EXPECT_EQ(made.name, "my-style");
+  StyleAdapter loaded = load_style_adapter(adapter, tiny_model().unet);
+  EXPECT_EQ(made.embedding.sizes(), loaded->bank.sizes().slice(1));
+  // Found by name next to the adapter, as the renderer and the studio look styles up.
+  EXPECT_TRUE(at::equal(resolve_style(loaded, "my-style", adapter).embedding, made.embedding));
+  // Only the embedding trained: the adapter file is untouched; it moved away from its start.
+  EXPECT_TRUE(same_tensors(file_tensors(adapter), adapter_before));
+  EXPECT_FALSE(at::allclose(made.embedding, loaded->bank.mean(0)));
+  // The same seed gives the same style, bit for bit.
+  o.out = scratch("again.safetensors");
+  const NewStyleResult again = train_new_style(o, cb = NewStyleCallbacks{[](const std::string&) {}, nullptr, nullptr});
+  EXPECT_TRUE(at::equal(load_style(again.path).embedding, made.embedding));
+  EXPECT_EQ(again.losses, r.losses);
+  // Cancelling writes the style so far.
+  int seen = 0;
+  NewStyleCallbacks stop{[](const std::string&) {}, [&](int, int, double) { ++seen; }, [&] { return seen >= 2; }};
+  o.out = scratch("early.safetensors");
+  const NewStyleResult early = train_new_style(o, stop);
+  EXPECT_TRUE(early.cancelled);
+  EXPECT_EQ(early.losses.size(), 2u);
+  EXPECT_TRUE(std::filesystem::is_regular_file(early.path));
+}
+
+TEST(NewStyle, BadInputsNameTheProblem) {
+  const std::string adapter_dir = scratch("ns-bad");
+  train_adapter(tiny_model(), options(AdapterKind::Style, adapter_dir, 1), quiet());
+  NewStyleOptions o;
+  o.model = tiny_model_dir();
+  o.adapter = adapter_dir + "/style-adapter.safetensors";
+  o.images = dataset() + "/images";
+  o.name = "fresh";
+  o.steps = 1;
+  o.resolution = 32;
+  NewStyleCallbacks quiet_cb;
+  quiet_cb.log = [](const std::string&) {};
+  auto expect = [&](NewStyleOptions bad, const std::string& part) {
+    try {
+      train_new_style(bad, quiet_cb);
+      ADD_FAILURE() << "no error; expected one naming " << part;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  NewStyleOptions b = o;
+  b.name = "../evil";
+  expect(b, "--name");
+  b = o;
+  b.images = scratch("empty-folder");
+  std::filesystem::create_directories(b.images);
+  expect(b, "no images");
+  b = o;
+  b.images = "/nonexistent/styles";
+  expect(b, "/nonexistent/styles");
+  b = o;
+  b.name = load_style_adapter(o.adapter, tiny_model().unet)->config().styles[0];  // already in the bank
+  expect(b, "already in");
+  b = o;
+  b.adapter = "/nonexistent/style-adapter.safetensors";
+  expect(b, "/nonexistent/style-adapter.safetensors");
+  b = o;
+  b.steps = 0;
+  expect(b, "--steps");
 }

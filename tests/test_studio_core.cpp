@@ -570,5 +570,27 @@ TEST(StudioAsk, WorkerAnswersWithMethodsAndAHeatMapAndReportsConflicts) {
   EXPECT_EQ(st.finished, 3);
 }
 
+TEST(StudioStyleTraining, BadOptionsFailAtStartAndLoadErrorsAreReported) {
+  StyleTrainWorker w;
+  NewStyleOptions o;
+  o.model = scratch("no-model-here");
+  o.adapter = scratch("no-adapter.safetensors");
+  o.images = scratch("style-images");
+  o.name = "bad name";  // a space
+  EXPECT_THROW(w.start(o, 1), ConfigError);
+  EXPECT_FALSE(w.busy());
+  o.name = "ok";
+  std::filesystem::create_directories(o.images);
+  Image img(16, 16, 3);
+  save_png(o.images + "/a.png", img);
+  w.start(o, 1);
+  w.wait();
+  const StyleTrainStatus st = w.status();
+  EXPECT_EQ(st.state, JobState::Failed);
+  EXPECT_NE(st.message.find("no-model-here"), std::string::npos) << st.message;
+  EXPECT_EQ(st.finished, 1);
+  EXPECT_FALSE(w.busy());
+}
+
 }  // namespace
 }  // namespace iris::studio

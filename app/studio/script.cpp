@@ -89,9 +89,11 @@ std::vector<ScriptCommand> parse_script(const std::string& text, const std::stri
         throw FormatError(where + ": unknown tab \"" + words[0] + "\" (generate, skeleton, gallery, ask)");
       c.args = words;
     } else if (c.op == "press") {
-      want(1, 1, "press generate|cancel|ask|ask_about_result|restore|reuse_seed|random_seed");
-      if (!is_one_of(words[0], {"generate", "cancel", "ask", "ask_about_result", "restore", "reuse_seed", "random_seed"}))
-        throw FormatError(where + ": unknown button \"" + words[0] + "\" (generate, cancel, ask, restore, reuse_seed, random_seed)");
+      want(1, 1, "press generate|cancel|ask|ask_about_result|train_style|restore|reuse_seed|random_seed");
+      if (!is_one_of(words[0],
+                     {"generate", "cancel", "ask", "ask_about_result", "train_style", "restore", "reuse_seed", "random_seed"}))
+        throw FormatError(where + ": unknown button \"" + words[0] +
+                          "\" (generate, cancel, ask, ask_about_result, train_style, restore, reuse_seed, random_seed)");
       c.args = words;
     } else if (c.op == "wait") {
       want(0, 1, "wait [SECONDS]");

@@ -10,7 +10,8 @@
 //   clear_image_prompts
 //   tab NAME               generate | skeleton | gallery | ask
 //   press BUTTON           generate | cancel | ask | ask_about_result (the result view's "Ask
-//                          about it") | restore (the gallery's first entry) | reuse_seed | random_seed
+//                          about it") | train_style (the Style section's "Train style") |
+//                          restore (the gallery's first entry) | reuse_seed | random_seed
 //   wait [SECONDS]         until the running job ends (default 600 s; timing out is an error)
 //   wait_step N [SECONDS]  until the generation has finished denoising step N
 //   expect STATE           the last job ended as done | cancelled | failed (else an error)

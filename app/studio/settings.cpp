@@ -43,6 +43,8 @@ Json StudioSettings::to_json() const {
               {"init_image", init_image}, {"strength", strength}, {"image_prompts", prompts}, {"style", style},
               {"style_strength", style_strength}, {"use_skeleton", use_skeleton}, {"skeleton", skeleton},
               {"skeleton_scale", skeleton_scale}, {"show_skeleton_overlay", show_skeleton_overlay},
+              {"new_style_images", new_style_images}, {"new_style_name", new_style_name},
+              {"new_style_steps", new_style_steps},
               {"output_dir", output_dir}, {"vlm", vlm}, {"question", question},
               {"max_new_tokens", max_new_tokens}, {"ask_image", ask_image}, {"ask_draft", ask_draft},
               {"ask_draft_chain", ask_draft_chain}, {"ask_visor_budget", ask_visor_budget}, {"ask_var", ask_var},
@@ -100,6 +102,9 @@ StudioSettings StudioSettings::from_json(const Json& j, const std::string& what)
   str("skeleton", s.skeleton);
   num("skeleton_scale", s.skeleton_scale);
   flag("show_skeleton_overlay", s.show_skeleton_overlay);
+  str("new_style_images", s.new_style_images);
+  str("new_style_name", s.new_style_name);
+  integer("new_style_steps", s.new_style_steps);
   str("output_dir", s.output_dir);
   str("vlm", s.vlm);
   str("question", s.question);
@@ -144,6 +149,8 @@ void StudioSettings::validate(const std::string& what) const {
   if (!(skeleton_scale >= 0 && skeleton_scale <= 10)) bad("skeleton_scale", std::to_string(skeleton_scale), "is outside [0, 10]");
   if (threads < 0 || threads > 1024) bad("threads", std::to_string(threads), "is outside [0, 1024]");
   if (max_new_tokens < 1 || max_new_tokens > 8192) bad("max_new_tokens", std::to_string(max_new_tokens), "is outside [1, 8192]");
+  if (new_style_steps < 1 || new_style_steps > 100000)
+    bad("new_style_steps", std::to_string(new_style_steps), "is outside [1, 100000]");
   if (ask_draft_chain < 0 || ask_draft_chain > 64) bad("ask_draft_chain", std::to_string(ask_draft_chain), "is outside [0, 64]");
   if (ask_visor_budget < -1 || ask_visor_budget > 1024)
     bad("ask_visor_budget", std::to_string(ask_visor_budget), "is outside [-1 (router), 1024]");

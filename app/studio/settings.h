@@ -44,6 +44,10 @@ struct StudioSettings {
   std::string skeleton;         // skeleton JSON file the editor loads/saves
   double skeleton_scale = 1.0;
   bool show_skeleton_overlay = true;
+  // "Train a new style" (Style section): images folder, name, steps.
+  std::string new_style_images;
+  std::string new_style_name;
+  int new_style_steps = 300;
 
   // Where results go (the gallery lists this folder).
   std::string output_dir;

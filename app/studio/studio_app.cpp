@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cfloat>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -76,7 +77,7 @@ void StudioApp::set_notice(const std::string& text, bool error) {
   notice_error_ = error;
 }
 
-bool StudioApp::busy() const { return gen_.busy() || ask_.busy(); }
+bool StudioApp::busy() const { return gen_.busy() || ask_.busy() || style_train_.busy(); }
 
 int StudioApp::denoise_step() const { return gen_.status().step; }
 
@@ -107,6 +108,7 @@ void StudioApp::press(const std::string& button) {
   } else if (button == "cancel") {
     gen_.cancel();
     ask_.cancel();
+    style_train_.cancel();
   } else if (button == "ask") {
     start_ask();
     if (!ask_.busy()) throw ConfigError("ask: " + notice_);
@@ -120,6 +122,9 @@ void StudioApp::press(const std::string& button) {
     s_.seed = static_cast<int64_t>(last_seed_);
   } else if (button == "random_seed") {
     s_.random_seed = true;
+  } else if (button == "train_style") {  // the Style section's "Train style"
+    start_style_training();
+    if (!style_train_.busy()) throw ConfigError("train_style: " + notice_);
   } else if (button == "ask_about_result") {  // the result view's "Ask about it"
     if (results_.empty()) throw ConfigError("ask_about_result: no result yet");
     const size_t i = selected_result_ >= 0 ? static_cast<size_t>(selected_result_) : 0;
@@ -146,6 +151,7 @@ void StudioApp::start_generation() {
     last_seed_ = seed;
     gen_.start(std::move(job));
     last_job_was_ask_ = false;
+    last_job_was_style_ = false;
     showing_preview_ = true;
     set_notice("generating (seed " + std::to_string(seed) + ")");
     save_settings_file();
@@ -189,6 +195,7 @@ void StudioApp::start_ask() {
     ask_.start(std::move(job));
     ++asks_started_;
     last_job_was_ask_ = true;
+    last_job_was_style_ = false;
     set_notice("asking");
   } catch (const std::exception& e) {
     set_notice(e.what(), true);
@@ -257,6 +264,20 @@ void StudioApp::poll_workers() {
       set_notice(line);
     }
   }
+  const StyleTrainStatus ts = style_train_.status();
+  if (!style_train_.busy() && ts.finished > style_train_reported_) {
+    style_train_reported_ = ts.finished;
+    if (ts.state == JobState::Failed) {
+      set_notice("style training failed: " + ts.message, true);
+    } else {
+      set_notice("style \"" + ts.name + "\" " + (ts.state == JobState::Cancelled ? "(stopped early) " : "") +
+                 "written to " + ts.path);
+      styles_for_.clear();  // list the adapter's styles again: the new one is among them
+      s_.style = ts.name;
+    }
+    std::printf("%s\n", notice_.c_str());
+    std::fflush(stdout);
+  }
   const AskStatus as = ask_.status();
   if (!ask_.busy() && asks_started_ > reported_asks_) {
     reported_asks_ = asks_started_;
@@ -271,11 +292,14 @@ void StudioApp::poll_workers() {
 }
 
 std::string StudioApp::last_message() const {
+  if (last_job_was_style_) return style_train_.status().message;
   return last_job_was_ask_ ? ask_.status().message : gen_.status().message;
 }
 
 std::string StudioApp::last_outcome() const {
-  const JobState st = last_job_was_ask_ ? ask_.status().state : gen_.status().state;
+  const JobState st = last_job_was_style_ ? style_train_.status().state
+                      : last_job_was_ask_ ? ask_.status().state
+                                          : gen_.status().state;
   if (busy()) return "";
   return st == JobState::Done || st == JobState::Failed || st == JobState::Cancelled ? state_name(st) : "";
 }
@@ -463,6 +487,7 @@ void StudioApp::draw_generate_controls() {
     ImGui::SameLine();
     ImGui::TextDisabled("(or drop images on the window)");
   }
+  if (style_train_.busy()) ImGui::SetNextItemOpen(true);  // show the loss plot while a style trains
   if (ImGui::CollapsingHeader("Style")) {
     path_field("style adapter", &s_.style_adapter, false, {".safetensors"});
     if (styles_for_ != s_.style_adapter) {
@@ -484,6 +509,7 @@ void StudioApp::draw_generate_controls() {
     }
     float st = static_cast<float>(s_.style_strength);
     if (ImGui::SliderFloat("style strength", &st, 0.0f, 2.0f, "%.2f")) s_.style_strength = st;
+    draw_new_style_panel();
   }
   if (ImGui::CollapsingHeader("Skeleton")) {
     path_field("SK-Adapter", &s_.sk_adapter, false, {".safetensors"});
@@ -492,6 +518,53 @@ void StudioApp::draw_generate_controls() {
     if (ImGui::SliderFloat("skeleton scale", &sc, 0.0f, 2.0f, "%.2f")) s_.skeleton_scale = sc;
     ImGui::Checkbox("overlay on the result", &s_.show_skeleton_overlay);
   }
+}
+
+void StudioApp::start_style_training() {
+  try {
+    NewStyleOptions o;
+    o.model = s_.model;
+    o.adapter = s_.style_adapter;
+    o.images = s_.new_style_images;
+    o.name = s_.new_style_name;
+    o.steps = s_.new_style_steps;
+    o.device = s_.device;
+    if (o.model.empty()) throw ConfigError("choose a model first (the style is learned against it)");
+    if (o.adapter.empty()) throw ConfigError("choose a style adapter first");
+    style_train_.start(o, s_.threads);
+    last_job_was_style_ = true;
+    set_notice("training the style \"" + o.name + "\"");
+  } catch (const std::exception& e) {
+    set_notice(e.what(), true);
+  }
+}
+
+void StudioApp::draw_new_style_panel() {
+  if (style_train_.busy()) ImGui::SetNextItemOpen(true);
+  if (!ImGui::TreeNode("Train a new style from images")) return;
+  path_field("images", &s_.new_style_images, true, {});
+  ImGui::SetNextItemWidth(160);
+  ImGui::InputText("name", &s_.new_style_name);
+  ImGui::SameLine();
+  ImGui::SetNextItemWidth(110);
+  ImGui::InputInt("steps", &s_.new_style_steps);
+  s_.new_style_steps = std::clamp(s_.new_style_steps, 1, 100000);
+  if (style_train_.busy()) {
+    if (ImGui::Button("Stop training")) style_train_.cancel();
+  } else if (ImGui::Button("Train style")) {
+    start_style_training();
+  }
+  const StyleTrainStatus ts = style_train_.status();
+  if (!ts.losses.empty()) {
+    char label[96];
+    std::snprintf(label, sizeof label, "step %d / %d\nloss %.4f", ts.step, ts.total, ts.losses.back());
+    ImGui::PlotLines("##loss", ts.losses.data(), static_cast<int>(ts.losses.size()), 0, label, 0.0f, FLT_MAX,
+                     ImVec2(-1, 80));
+  } else if (style_train_.busy()) {
+    ImGui::TextDisabled("loading the model and encoding the images...");
+  }
+  ImGui::TextDisabled("Only the new style's embedding trains; the model and adapter stay frozen.");
+  ImGui::TreePop();
 }
 
 void StudioApp::draw_result_viewer() {

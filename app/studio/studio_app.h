@@ -71,6 +71,10 @@ class StudioApp : public ScriptHost {
   bool persist_ = true;
   GenerationWorker gen_;
   AskWorker ask_;
+  StyleTrainWorker style_train_;
+  int style_train_reported_ = 0;  // StyleTrainStatus::finished already reported
+  void start_style_training();
+  void draw_new_style_panel();
 
   Tab tab_ = Tab::Generate;
   bool tab_requested_ = false;
@@ -79,7 +83,7 @@ class StudioApp : public ScriptHost {
   std::string screenshot_request_;
   int reported_gen_jobs_ = 0;
   int asks_started_ = 0, reported_asks_ = 0;
-  bool last_job_was_ask_ = false;
+  bool last_job_was_ask_ = false, last_job_was_style_ = false;
   uint64_t last_seed_ = 0;
 
   // Results of this session (newest last) and what the viewer shows.

@@ -309,6 +309,70 @@ void AskWorker::run(AskJob job) {
   busy_.store(false);
 }
 
+// ---- StyleTrainWorker ----
+
+StyleTrainWorker::~StyleTrainWorker() {
+  cancel();
+  wait();
+}
+
+void StyleTrainWorker::wait() {
+  if (thread_.joinable()) thread_.join();
+}
+
+StyleTrainStatus StyleTrainWorker::status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return status_;
+}
+
+void StyleTrainWorker::start(NewStyleOptions options, int threads) {
+  options.validate();  // a bad name or folder fails here, before the thread starts
+  if (busy_.exchange(true)) throw ConfigError("a style is already training");
+  if (thread_.joinable()) thread_.join();
+  cancel_.store(false);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = StyleTrainStatus{};
+    status_.state = JobState::Loading;
+    status_.total = options.steps;
+    status_.name = options.name;
+    status_.finished = finished_;
+  }
+  thread_ = std::thread([this, options = std::move(options), threads]() mutable { run(std::move(options), threads); });
+}
+
+void StyleTrainWorker::run(NewStyleOptions options, int threads) {
+  JobState end = JobState::Done;
+  std::string message, path;
+  try {
+    set_threads(threads);
+    NewStyleCallbacks cb;
+    cb.log = [](const std::string&) {};
+    cb.should_cancel = [this] { return cancel_.load(); };
+    cb.on_step = [this](int step, int total, double loss) {
+      std::lock_guard<std::mutex> lock(mu_);
+      status_.state = JobState::Running;
+      status_.step = step;
+      status_.total = total;
+      status_.losses.push_back(static_cast<float>(loss));
+    };
+    const NewStyleResult r = train_new_style(options, cb);
+    path = r.path;
+    if (r.cancelled) end = JobState::Cancelled;
+  } catch (const std::exception& e) {
+    end = JobState::Failed;
+    message = e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_.state = end;
+    status_.message = message;
+    status_.path = path;
+    status_.finished = ++finished_;
+  }
+  busy_.store(false);
+}
+
 VlmAskOptions ask_options_from_settings(const StudioSettings& s) {
   VlmAskOptions o;
   o.vqa.max_new_tokens = s.max_new_tokens;

@@ -16,6 +16,7 @@
 #include "core/progress.h"
 #include "pipelines/stable_diffusion.h"
 
+#include "pipelines/style_training.h"
 #include "pipelines/vlm_ask.h"
 
 namespace iris::studio {
@@ -147,6 +148,40 @@ class AskWorker {
   AskStatus status_;
   int finished_ = 0;
   VlmAsker asker_;  // models stay loaded between questions (touched by the worker thread only)
+};
+
+// Training a new style from a folder of images in the background (the Style section's
+// "Train a new style"): the loss of every step for the plot, cancel between steps (the style so
+// far is still written).
+struct StyleTrainStatus {
+  JobState state = JobState::Idle;
+  int step = 0, total = 0;
+  std::vector<float> losses;
+  std::string path;     // the style file, once written
+  std::string name;
+  std::string message;  // why it failed
+  int finished = 0;     // trainings ended by this worker
+};
+
+class StyleTrainWorker {
+ public:
+  StyleTrainWorker() = default;
+  ~StyleTrainWorker();
+  StyleTrainWorker(const StyleTrainWorker&) = delete;
+  StyleTrainWorker& operator=(const StyleTrainWorker&) = delete;
+  void start(NewStyleOptions options, int threads);  // ConfigError when busy or invalid
+  void cancel() { cancel_.store(true); }
+  bool busy() const { return busy_.load(); }
+  StyleTrainStatus status() const;
+  void wait();
+
+ private:
+  void run(NewStyleOptions options, int threads);
+  mutable std::mutex mu_;
+  std::thread thread_;
+  std::atomic<bool> busy_{false}, cancel_{false};
+  StyleTrainStatus status_;
+  int finished_ = 0;
 };
 
 }  // namespace iris::studio
