@@ -12,6 +12,7 @@
 //
 //   bench_sd [--steps N] [--runs N] [--skip-reference] [--only unet|vae|rss] [--weights DIR]
 //            [--threads N]
+//   bench_sd --only adapters [--runs N]   per-step cost of the IP / style / skeleton streams
 //
 // Each piece takes minutes on 2 cores. Peak RSS is measured in child processes (ru_maxrss is a
 // high-water mark of the whole process), one per path.
@@ -49,6 +50,10 @@
 #include "diffusion/clip.h"
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
+#include "adapters/ip_adapter.h"
+#include "adapters/skeleton_adapter.h"
+#include "adapters/style_adapter.h"
+#include "world/skeleton.h"
 
 namespace {
 
@@ -511,6 +516,79 @@ void time_pair(const char* label, int runs, bool skip_ref, const std::function<a
   }
 }
 
+// Per-step cost of the adapter streams (issue 4): the SD1.5-shaped UNet at 512x512 (64x64
+// latent, batch 2 = CFG, 77 text tokens) plain and with each stream attached as inference
+// attaches it, the runs interleaved (plain, IP, IP-Plus, style, skeleton, all) so that machine
+// noise hits every configuration alike. The tokens are made once per generation, not per step,
+// so only the attention streams are timed. Random weights (speed does not depend on them).
+void bench_adapter_streams(int runs) {
+  using namespace iris;
+  iris::UNet2DCondition unet(iris::UNetConfig::sd15());
+  unet->eval();
+  at::manual_seed(11);
+  const at::Tensor x = at::randn({2, 4, 64, 64}), ts = at::full({2}, 500.0), ctx = at::randn({2, 77, 768});
+
+  IpAdapterConfig base;
+  for (const auto& [path, attn] : unet->cross_attention_layers()) base.layer_dims.push_back(attn->to_k->weight.size(0));
+  IpAdapter ip(base);
+  IpAdapterConfig plus_cfg = base;
+  plus_cfg.variant = IpVariant::Plus;
+  plus_cfg.tokens = 16;
+  IpAdapter ip_plus(plus_cfg);
+  const at::Tensor ip_tokens = at::randn({2, 4, 768}), plus_tokens = at::randn({2, 16, 768});
+  StyleAdapter style = make_style_adapter(unet, {"bench"});
+  const at::Tensor style_tokens = style->style_tokens(style->bank.index_select(0, at::zeros({2}, at::kLong)));
+  SkeletonAdapter sk = make_skeleton_adapter(unet, default_joint_types());
+  const SkeletonInputs in = skeleton_inputs({world::default_skeleton_2d(), world::default_skeleton_2d()}, sk->config());
+  const at::Tensor sk_tokens = sk->encoder->forward(in);
+  const std::vector<bool> cond_row{false, true};  // CFG: the negative row has no style / skeleton
+
+  auto detach_all = [&] {
+    detach_streams(unet, "ip_adapter");
+    detach_style(unet);
+    detach_skeleton(unet);
+  };
+  struct Config {
+    const char* name;
+    std::function<void()> attach;
+    std::vector<double> times;
+  };
+  std::vector<Config> configs = {
+      {"plain UNet step", [] {}, {}},
+      {"+ IP-Adapter (4 tokens, every attn2)", [&] { attach_ip_adapter(ip, unet, ip_tokens, 1.0); }, {}},
+      {"+ IP-Adapter Plus (16 tokens)", [&] { attach_ip_adapter(ip_plus, unet, plus_tokens, 1.0); }, {}},
+      {"+ style (4 tokens, decoder attn2)", [&] { attach_style(style, unet, style_tokens, 1.0, cond_row); }, {}},
+      {"+ skeleton (joint tokens, every attn2)",
+       [&] { attach_skeleton(sk, unet, sk_tokens, in.valid, 1.0, cond_row); }, {}},
+      {"+ IP + style + skeleton",
+       [&] {
+         attach_ip_adapter(ip, unet, ip_tokens, 1.0);
+         attach_style(style, unet, style_tokens, 1.0, cond_row);
+         attach_skeleton(sk, unet, sk_tokens, in.valid, 1.0, cond_row);
+       },
+       {}}};
+  std::cout << "adapter streams on the SD1.5 UNet, 64x64 latent, batch 2, " << runs << " interleaved rounds"
+            << std::endl;
+  for (int round = 0; round <= runs; ++round) {  // round 0 warms up every configuration
+    for (Config& c : configs) {
+      detach_all();
+      c.attach();
+      const double t = now_s();
+      const at::Tensor y = unet->forward(x, ts, ctx);
+      const double dt = now_s() - t;
+      if (!at::isfinite(y).all().item<bool>()) throw std::runtime_error(std::string(c.name) + ": non-finite output");
+      if (round > 0) c.times.push_back(dt);
+      std::cout << "  round " << round << (round == 0 ? " (warm-up)" : "") << ": " << c.name << " " << fmt(dt) << " s"
+                << std::endl;
+    }
+  }
+  detach_all();
+  const double plain = median(configs[0].times);
+  std::cout << "\n| configuration | s/step (median) | vs plain |\n|---|---|---|\n";
+  for (const Config& c : configs)
+    std::cout << "| " << c.name << " | " << fmt(median(c.times)) << " | " << fmt(median(c.times) / plain, 3) << "x |\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -542,7 +620,7 @@ int main(int argc, char** argv) {
     else if (a == "--child-txt2img") child_mode = next();  // iris | reference
     else if (a == "--child-out") child_out = next();
     else if (a == "-h" || a == "--help") {
-      std::cout << "bench_sd [--steps N] [--runs N] [--skip-reference] [--only unet|vae|rss] [--weights DIR] "
+      std::cout << "bench_sd [--steps N] [--runs N] [--skip-reference] [--only unet|vae|rss|adapters] [--weights DIR] "
                    "[--threads N]\n"
                    "  --steps N   UNet steps in the txt2img RSS run (default 2)\n"
                    "  --runs N    timed runs per path for unet/vae; the first is a warm-up when N > 1 (default 2)\n"
@@ -556,12 +634,24 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!only.empty() && only != "unet" && only != "vae" && only != "rss") {
-    std::cerr << "--only takes unet, vae or rss\n";
+  if (!only.empty() && only != "unet" && only != "vae" && only != "rss" && only != "adapters") {
+    std::cerr << "--only takes unet, vae, rss or adapters\n";
     return 2;
   }
   if (malloc_keep(malloc_mode)) iris::keep_freed_memory();
   iris::set_threads(threads);
+  if (only == "adapters") {  // not part of the default run: a separate measurement (issue 4)
+    try {
+      torch::NoGradGuard ng;
+      loadavg_line("at start");
+      bench_adapter_streams(std::max(1, runs));
+      loadavg_line("at end");
+    } catch (const std::exception& e) {
+      std::cerr << "bench_sd: " << e.what() << "\n";
+      return 1;
+    }
+    return 0;
+  }
   std::vector<std::string> pass{"--threads", std::to_string(threads)};
   try {
     if (child_mode == "write") {
