@@ -43,6 +43,9 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
     cmd->add_option("--warmup", o->t.warmup_steps, "Warm-up steps (-1: default)")->capture_default_str();
     cmd->add_option("--log-every", o->t.log_every, "Progress line every N steps")->capture_default_str();
     cmd->add_option("--checkpoint-every", o->t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
+    cmd->add_option("--stop-at", o->t.stop_at,
+                    "End this run at step N (checkpoint saved, nothing exported); the schedule still spans --steps")
+        ->capture_default_str();
     cmd->add_flag("--f32", o->f32, "Store the weights as F32 (default F16)");
   }
   cmd->callback([o, fn, name] {
@@ -51,6 +54,8 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
     t.f16 = !o->f32;
     t.progress.should_cancel = cancel_on_interrupt();
     const TrainReport r = name == "tokenizer" ? train_starter_tokenizer(t, o->max_merges) : fn(t);
+    if (!r.output.empty() && t.stop_at > 0 && r.output.find("stopped by") != std::string::npos)
+      std::printf("[%s] %s\n", name.c_str(), r.output.c_str());
     if (name != "tokenizer" && !r.losses.empty())
       std::printf("[%s] %lld steps this run, %.3f s/step, final loss %.5f\n", name.c_str(),
                   static_cast<long long>(r.losses.size()), r.seconds_per_step, r.losses.back());

@@ -62,6 +62,7 @@ TrainerOptions trainer_options(const StarterTrainOptions& o, const Defaults& d, 
   t.log_every = o.log_every;
   t.checkpoint_every = o.checkpoint_every;
   t.checkpoint_dir = o.work_dir;
+  t.stop_at = o.stop_at;
   t.log = log_of(o);
   t.progress = o.progress;
   return t;
@@ -90,6 +91,13 @@ TrainReport run_trainer(Trainer& t, const StarterTrainOptions& o, const std::fun
   r.final_step = t.current_step();
   if (r.final_step > start) r.seconds_per_step = secs / static_cast<double>(r.final_step - start);
   for (const auto& [n, p] : t.parameters()) r.parameters += p.numel();
+  return r;
+}
+
+// stop_at ended the run before the end of its schedule: the checkpoint holds the state and
+// nothing is exported (a later run without stop_at finishes and exports).
+TrainReport stopped_before_export(const Trainer& t, TrainReport r) {
+  r.output = "checkpoint at step " + std::to_string(t.current_step()) + " (stopped by --stop-at; nothing exported)";
   return r;
 }
 
@@ -335,6 +343,7 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
     const at::Tensor kl = 0.5 * (d.mean.pow(2) + d.std.pow(2) - 1.0 - d.logvar).mean();
     return (rec - x).abs().mean() + kl_weight * kl;
   });
+  if (!t.done()) return stopped_before_export(t, r);
 
   // Scaling factor: 1 / std of the latent means over (up to) 1024 images, so the diffusion
   // model sees unit-variance latents.
@@ -403,6 +412,7 @@ TrainReport train_starter_clip(const StarterTrainOptions& o) {
     const at::Tensor lt = -(target * at::log_softmax(logits.t(), 1)).sum(1).mean();
     return 0.5 * (li + lt);
   });
+  if (!t.done()) return stopped_before_export(t, r);
 
   text->to(c10::kCPU);
   vision->to(c10::kCPU);
@@ -505,6 +515,7 @@ TrainReport train_starter_unet(const StarterTrainOptions& o) {
     const at::Tensor w = snr.clamp_max(min_snr_gamma) / (snr + 1);
     return (w * (pred - v).pow(2)).mean();
   });
+  if (!t.done()) return stopped_before_export(t, r);
 
   // Export the EMA weights (the trainer is done with the live ones) and the pipeline folder.
   t.swap_ema();

@@ -60,6 +60,9 @@ struct StarterTrainOptions {
   uint64_t seed = 0;
   int64_t max_images = 0;  // 0 = the whole dataset
   int64_t log_every = 25, checkpoint_every = 250;
+  // > 0: end this run at that step (checkpoint saved, nothing exported) while the LR schedule
+  // still spans `steps` — how a schedule changed mid-training is replayed exactly.
+  int64_t stop_at = 0;
   bool fixed_batch = false;  // every step sees the same batch (tests)
   bool f16 = true;           // exported weights stored as F16
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto (noise is drawn on the CPU either way)

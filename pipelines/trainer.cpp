@@ -173,7 +173,7 @@ void Trainer::log_progress(double) {
 }
 
 void Trainer::run(const std::function<at::Tensor(int64_t step, at::Generator& gen)>& loss_fn) {
-  while (!done()) {
+  while (!done() && !(options_.stop_at > 0 && step_ >= options_.stop_at)) {
     options_.progress.check_cancel();
     at::Generator gen = make_cpu_generator(step_seed());
     step(loss_fn(step_, gen));

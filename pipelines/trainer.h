@@ -48,6 +48,7 @@ struct TrainerOptions {
   int64_t log_every = 10;         // progress line every N steps (0: never)
   int64_t checkpoint_every = 0;   // save every N steps (0: only at the end of run())
   std::string checkpoint_dir;     // "" : no checkpoints
+  int64_t stop_at = 0;            // > 0: run() returns at this step (saved) though the schedule spans `steps`
   // Progress lines go here (stdout by default); `progress` reports each step and can cancel.
   std::function<void(const std::string&)> log;
   Progress progress;

@@ -26,7 +26,9 @@
 #   IMAGES=N       training images (default 10000)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
 #   EVAL_N=N       eval prompts (default 200; 0 skips the eval)
-#   VAE_STEPS / CLIP_STEPS / UNET_STEPS   override the trainers' default step counts
+#   VAE_STEPS / CLIP_STEPS   override the trainers' default step counts
+#   UNET_SCHEDULE  the UNet's schedule as TOTAL:STOP segments (default: the shipped pack's, below)
+#   UNET_STEPS=N   one plain N-step schedule for the UNet instead
 #   IP_STEPS / STYLE_STEPS / SK_STEPS     adapter steps (defaults below)
 #   ADAPTER_BATCH / ADAPTER_LR            adapter batch and learning rate
 set -euo pipefail
@@ -122,8 +124,24 @@ stage vae $IRIS train vae --data "$WORK/data" --out "$OUT" --work "$WORK/vae" --
   $(steps "${VAE_STEPS:-}") "${EXTRA[@]}"
 stage clip $IRIS train clip --data "$WORK/data" --out "$OUT" --work "$WORK/clip" --seed $SEED \
   $(steps "${CLIP_STEPS:-}") "${EXTRA[@]}"
-stage unet $IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED \
-  $(steps "${UNET_STEPS:-}") "${EXTRA[@]}"
+# The shipped UNet was trained across sessions and its cosine schedule retargeted on the way:
+# 4000 steps, then on to 11000, the schedule spanning 13000 steps until step 4250, 10000 until
+# 5500, then 11000. Each TOTAL:STOP segment replays one of those runs exactly (`--steps TOTAL
+# --stop-at STOP`; the trainer is deterministic across resumes), so this reproduces the shipped
+# weights; a rerun after an interruption resumes inside the right segment.
+UNET_SCHEDULE=${UNET_SCHEDULE:-"4000:4000 13000:4250 10000:5500 11000:11000"}
+unet_stage() {
+  local unet=($IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED "${EXTRA[@]}")
+  if [ -n "${UNET_STEPS:-}" ]; then
+    "${unet[@]}" --steps "$UNET_STEPS"
+    return
+  fi
+  local seg
+  for seg in $UNET_SCHEDULE; do
+    "${unet[@]}" --steps "${seg%%:*}" --stop-at "${seg##*:}"
+  done
+}
+stage unet unet_stage
 
 stage ip-adapter ip_adapter_stage
 stage style style_stage

@@ -108,6 +108,16 @@ TEST(StarterPack, EndToEndTinyPipelineLoadsRendersAndEvaluates) {
     EXPECT_TRUE(vision->with_projection());
     EXPECT_LT(text->config().vocab_size, 2000);
   }
+  {  // --stop-at: the run ends there with a checkpoint and exports nothing
+    StarterTrainOptions staged = o;
+    staged.work_dir = (root / "unet-work").string();
+    staged.stop_at = 2;
+    const TrainReport part = train_starter_unet(staged);
+    EXPECT_EQ(part.final_step, 2);
+    EXPECT_NE(part.output.find("stopped by --stop-at"), std::string::npos) << part.output;
+    EXPECT_FALSE(fs::exists(out / "unet"));
+    EXPECT_TRUE(fs::exists(Trainer::state_path(staged.work_dir)));
+  }
   const TrainReport unet = train_starter_unet(o);
   expect_finite_and_falling(unet, "unet");
 

@@ -128,6 +128,53 @@ TEST(Trainer, ResumeEqualsUninterrupted) {
   }
 }
 
+TEST(Trainer, StopAtThenResumeEqualsUninterruptedAndReplaysARetargetedSchedule) {
+  const auto dir = testing_util::scratch_dir();
+  Toy straight(3);
+  Trainer a(named_trainable_parameters(*straight.lin), quiet(8));
+  a.run([&](int64_t, at::Generator& g) { return straight.loss(g); });
+
+  // The same 8-step schedule, run as 5 + 3 with stop_at: identical weights.
+  TrainerOptions o = quiet(8, (dir / "stop").string());
+  o.stop_at = 5;
+  Toy first(3);
+  {
+    Trainer b(named_trainable_parameters(*first.lin), o);
+    b.run([&](int64_t, at::Generator& g) { return first.loss(g); });
+    EXPECT_EQ(b.current_step(), 5);
+    EXPECT_FALSE(b.done());
+  }
+  o.stop_at = 0;
+  Toy second(42);
+  Trainer c(named_trainable_parameters(*second.lin), o);
+  ASSERT_TRUE(c.resume());
+  EXPECT_EQ(c.current_step(), 5);
+  c.run([&](int64_t, at::Generator& g) { return second.loss(g); });
+  for (size_t i = 0; i < a.parameters().size(); ++i)
+    EXPECT_TRUE(at::equal(a.parameters()[i].second, c.parameters()[i].second)) << a.parameters()[i].first;
+
+  // A schedule retargeted mid-run (steps 12 until step 4, then 8) replays bit for bit, and
+  // differs from the plain 8-step schedule.
+  auto retargeted = [&](const std::string& name) {
+    TrainerOptions r = quiet(12, (dir / name).string());
+    r.stop_at = 4;
+    Toy t(3);
+    {
+      Trainer x(named_trainable_parameters(*t.lin), r);
+      x.run([&](int64_t, at::Generator& g) { return t.loss(g); });
+    }
+    r.steps = 8;
+    r.stop_at = 0;
+    Trainer y(named_trainable_parameters(*t.lin), r);
+    y.resume();
+    y.run([&](int64_t, at::Generator& g) { return t.loss(g); });
+    return y.parameters()[0].second.clone();
+  };
+  const at::Tensor r1 = retargeted("re1"), r2 = retargeted("re2");
+  EXPECT_TRUE(at::equal(r1, r2));
+  EXPECT_FALSE(at::equal(r1, a.parameters()[0].second));
+}
+
 TEST(Trainer, CorruptOrMismatchedCheckpointIsAClearError) {
   const auto dir = testing_util::scratch_dir() / "ckpt";
   Toy toy(4);
