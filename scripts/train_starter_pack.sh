@@ -31,6 +31,8 @@
 #   UNET_STEPS=N   one plain N-step schedule for the UNet instead
 #   IP_STEPS / STYLE_STEPS / SK_STEPS     adapter steps (defaults below)
 #   ADAPTER_BATCH / ADAPTER_LR            adapter batch and learning rate
+#   ADAPTER_THREADS                       adapter threads (default 1, as the shipped adapters were
+#                                         trained: results are bit-identical for a thread count)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-assets/starter}
@@ -96,7 +98,8 @@ train_adapter() {
   local resume=()
   [ -f "$WORK/$kind/checkpoint/trainer_state.safetensors" ] && resume=(--resume)
   $IRIS train "$kind" --model "$OUT" --data "$WORK/data" --out "$WORK/$kind" --seed $SEED --steps "$steps" \
-    --batch "$ADAPTER_BATCH" --lr "$ADAPTER_LR" --log-every "${ADAPTER_LOG_EVERY:-25}" "${resume[@]}" "$@"
+    --batch "$ADAPTER_BATCH" --lr "$ADAPTER_LR" --log-every "${ADAPTER_LOG_EVERY:-25}" \
+    --threads "${ADAPTER_THREADS:-1}" "${resume[@]}" "$@"
 }
 ip_adapter_stage() {
   # More image-only samples than the paper's 5%: the ip eval prompts with the image alone.
