@@ -60,20 +60,11 @@ ADAPTER_BATCH=${ADAPTER_BATCH:-16} ADAPTER_LR=${ADAPTER_LR:-5e-4}
 [ -x "$IRIS" ] || { echo "error: $IRIS not found; build first (scripts/build.sh) or set IRIS=" >&2; exit 1; }
 mkdir -p "$WORK" "$OUT"
 
-# Runs stage $1 unless $WORK/$1.done exists; a stage redone invalidates the ones after it.
-stage() {
-  local name=$1
-  shift
-  if [ -f "$WORK/$name.done" ]; then
-    echo "== $name: done (delete $WORK/$name.done to redo)"
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  echo "$((SECONDS - t0)) s" > "$WORK/$name.done"
-  echo "== $name finished in $((SECONDS - t0)) s"
-  case $name in
+# shellcheck source=scripts/pack_stages.sh
+. scripts/pack_stages.sh
+# A stage redone invalidates the ones after it (called by `stage`).
+stage_finished() {
+  case $1 in
     data) invalidate tokenizer vae clip unet ip-adapter style sk-adapter ;;
     tokenizer) invalidate clip unet ip-adapter style sk-adapter ;;
     vae | clip) invalidate unet ip-adapter style sk-adapter ;;

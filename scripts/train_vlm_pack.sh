@@ -57,20 +57,12 @@ fi
 [ -d "$ENCODER" ] || { echo "error: $ENCODER: no image encoder; run scripts/train_starter_pack.sh first or set ENCODER=" >&2; exit 1; }
 mkdir -p "$WORK" "$OUT"
 
-# Runs stage $1 unless $WORK/$1.done exists; a new tokenizer invalidates the VLM's checkpoints.
-stage() {
-  local name=$1
-  shift
-  if [ -f "$WORK/$name.done" ]; then
-    echo "== $name: done (delete $WORK/$name.done to redo)"
-    return
-  fi
-  echo "== $name"
-  local t0=$SECONDS
-  "$@"
-  echo "$((SECONDS - t0)) s" > "$WORK/$name.done"
-  echo "== $name finished in $((SECONDS - t0)) s"
-  case $name in
+# shellcheck source=scripts/pack_stages.sh
+. scripts/pack_stages.sh
+# A stage redone invalidates the ones after it (called by `stage`): a new tokenizer the VLM's
+# checkpoints, a new VLM the draft's and VISOR's.
+stage_finished() {
+  case $1 in
     spm) rm -rf "$WORK/vlm.done" "${WORK:?}/vlm" ;;
     vlm) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
