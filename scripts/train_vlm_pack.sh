@@ -8,7 +8,7 @@
 # stages from $WORK/vlm/<stage>, so rerunning the command after an interruption continues where
 # it stopped, and a finished stage is skipped):
 #   1. SentencePiece BPE tokenizer on Tinyworld text   iris train spm  -> $WORK/spm/tokenizer.model
-#   2. The VLM (LLaVA layout; FtZ with FTZ=1):         iris train vlm  -> $OUT (config.json,
+#   2. The VLM (LLaVA layout, FtZ unless FTZ=0):         iris train vlm  -> $OUT (config.json,
 #        augment (FtZ conv encoder, pixel reconstruction), text (LM from scratch),   model.safetensors,
 #        align (projector + fusion), finetune (LM + projector + fusion)              tokenizer.model, ...)
 #      ending with a quick exact-match check on CHECK held-out questions
@@ -22,10 +22,11 @@
 #   WORK=DIR       tokenizer and checkpoints, kept out of git (default runs/starter-vlm)
 #   ENCODER=DIR    the CLIP vision encoder (default assets/starter/image_encoder)
 #   IRIS=PATH      the iris binary (default build/app/iris)
-#   FTZ=1          train the FtZ augmenting encoder and fusion
+#   FTZ=0          no FtZ augmenting encoder and fusion (the shipped VLM has them: default 1)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
-#   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   override the default step counts
+#   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
+#                  VLM's 300 / 600 / 300 / 1500, so the command reproduces assets/starter/vlm)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -51,8 +52,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EVAL_N=${EVAL_N_SMOKE:-8}
   DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4}
   EXTRA=(--tiny --log-every 1)
+else
+  # The shipped VLM's schedule (iris train vlm's own defaults, 400/1000/1000/4000, train longer).
+  AUGMENT_STEPS=${AUGMENT_STEPS:-300} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
 fi
-[ "${FTZ:-0}" = 1 ] && EXTRA+=(--ftz)
+[ "${FTZ:-1}" = 1 ] && EXTRA+=(--ftz)
 [ -x "$IRIS" ] || { echo "error: $IRIS not found; build first (scripts/build.sh) or set IRIS=" >&2; exit 1; }
 [ -d "$ENCODER" ] || { echo "error: $ENCODER: no image encoder; run scripts/train_starter_pack.sh first or set ENCODER=" >&2; exit 1; }
 mkdir -p "$WORK" "$OUT"
