@@ -878,10 +878,11 @@ void StudioApp::draw_ask_tab() {
   if (ask_tex_.valid()) {
     const ImVec2 avail = ImGui::GetContentRegionAvail();
     const float w = heat ? (avail.x - 8) * 0.5f : avail.x;
-    ImGui::Image(ask_tex_.imgui_id(), fit(ask_tex_.width(), ask_tex_.height(), w, avail.y * 0.6f));
-    if (heat) {
+    const ImVec2 size = fit(ask_tex_.width(), ask_tex_.height(), w, avail.y * 0.6f);
+    ImGui::Image(ask_tex_.imgui_id(), size);
+    if (heat) {  // the heat map covers the square the model saw: shown at the picture's height
       ImGui::SameLine();
-      ImGui::Image(saliency_tex_.imgui_id(), fit(saliency_tex_.width(), saliency_tex_.height(), w, avail.y * 0.6f));
+      ImGui::Image(saliency_tex_.imgui_id(), ImVec2(size.y, size.y));
     }
   }
   if (heat) ImGui::TextDisabled("right: which image patches the answer drew on (saliency)");
