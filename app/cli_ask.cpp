@@ -54,8 +54,6 @@ void check_output_path(const std::string& path) {
     throw IoError(path + ": the folder " + dir.string() + " does not exist");
 }
 
-bool any_method(const FaithfulnessOptions& f) { return f.var || f.locore || f.sgrs; }
-
 }  // namespace
 
 void add_ask_command(CLI::App& app) {
@@ -105,7 +103,7 @@ void add_ask_command(CLI::App& app) {
     a.visor_budget = parse_visor_budget(o->visor_budget);
     make_sampler(a.vqa.sampling);  // option errors before the model loads
     const bool visor = is_visor_folder(o->model);
-    const bool methods = any_method(a.vqa.faithfulness) || a.vqa.saliency_map;
+    const bool methods = a.vqa.faithfulness.any() || a.vqa.saliency_map;
     if (methods && (visor || !o->draft.empty()))
       throw ConfigError("--var, --locore, --sgrs and --saliency run on plain LLaVA decoding, not with " +
                         std::string(o->draft.empty() ? "a VISOR folder" : "--draft"));

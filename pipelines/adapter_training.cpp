@@ -144,9 +144,7 @@ class AdapterTrainer {
   }
 
   at::Tensor encode_text(const std::string& text) {
-    std::vector<int> ids = prompt_ids(model_, text, [this](const std::string& w) { note("warning: " + w); });
-    return encode_ids(model_.text_encoder,
-                      at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).unsqueeze(0).to(model_.device))[0];
+    return encode_prompt(model_, text, [this](const std::string& w) { note("warning: " + w); });
   }
 
   void load_data() {
@@ -269,10 +267,7 @@ class AdapterTrainer {
       }
     } detach{model_.unet};
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
-    const at::Tensor target = prediction_ == PredictionType::VPrediction ? acp.sqrt() * noise - (1 - acp).sqrt() * latents
-                              : prediction_ == PredictionType::Sample    ? latents
-                                                                         : noise;
-    return at::mse_loss(pred, target);
+    return at::mse_loss(pred, prediction_target(prediction_, latents, noise, acp));
   }
 
   void attach(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {

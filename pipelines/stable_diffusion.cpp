@@ -54,6 +54,12 @@ std::vector<int> prompt_ids(const SdModel& model, const std::string& prompt,
   return model.tokenizer->encode_padded(prompt, max_len, static_cast<int>(model.pad_token_id));
 }
 
+at::Tensor encode_prompt(SdModel& model, const std::string& prompt, const std::function<void(const std::string&)>& warn) {
+  const std::vector<int> ids = prompt_ids(model, prompt, warn);
+  return encode_ids(model.text_encoder,
+                    at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).unsqueeze(0).to(model.device))[0];
+}
+
 at::Tensor encode_ids(ClipTextModel& text_encoder, const at::Tensor& ids) {
   torch::NoGradGuard no_grad;
   return text_encoder->forward(ids).last_hidden_state;

@@ -89,6 +89,8 @@ std::vector<int> prompt_ids(const SdModel& model, const std::string& prompt,
                             const std::function<void(const std::string&)>& warn);
 // ids: [B, 77] int64 -> last_hidden_state [B, 77, D]
 at::Tensor encode_ids(ClipTextModel& text_encoder, const at::Tensor& ids);
+// One prompt -> its text embeddings [77, D] on the model's device (prompt_ids + encode_ids).
+at::Tensor encode_prompt(SdModel& model, const std::string& prompt, const std::function<void(const std::string&)>& warn);
 
 // The UNet wrapped as a sampler denoiser with classifier-free guidance.
 // cond / uncond: [B, 77, D] (uncond undefined when cfg_scale <= 1).

@@ -113,9 +113,7 @@ NewStyleResult train_new_style(const NewStyleOptions& o, const NewStyleCallbacks
   // Latents and caption embeddings, once.
   std::vector<at::Tensor> latents, texts;
   auto encode_text = [&](const std::string& text) {
-    const std::vector<int> ids = prompt_ids(model, text, [&](const std::string& w) { note("warning: " + w); });
-    return encode_ids(model.text_encoder,
-                      at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong).unsqueeze(0).to(model.device))[0];
+    return encode_prompt(model, text, [&](const std::string& w) { note("warning: " + w); });
   };
   {
     torch::NoGradGuard no_grad;
@@ -179,10 +177,7 @@ NewStyleResult train_new_style(const NewStyleOptions& o, const NewStyleCallbacks
     at::Tensor loss;
     try {
       const at::Tensor pred = unet->forward(noisy, at::tensor(ts, at::kLong).to(model.device), at::stack(ctx));
-      const at::Tensor target = sc.prediction_type == PredictionType::VPrediction ? acp.sqrt() * noise - (1 - acp).sqrt() * x
-                                : sc.prediction_type == PredictionType::Sample    ? x
-                                                                                 : noise;
-      loss = at::mse_loss(pred, target);
+      loss = at::mse_loss(pred, prediction_target(sc.prediction_type, x, noise, acp));
     } catch (...) {
       detach_style(unet);
       throw;

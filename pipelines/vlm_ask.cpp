@@ -13,8 +13,6 @@ namespace iris {
 
 namespace {
 
-bool any_method(const FaithfulnessOptions& f) { return f.var || f.locore || f.sgrs; }
-
 // The LLaVA path's visual FLOPs (every layer over the image tokens).
 std::string llava_flops_line(VqaModel& m, const std::string& question, const VqaOptions& v, const VqaAnswer& a) {
   const LlavaConfig& c = m.model->config();
@@ -52,7 +50,7 @@ void validate_ask_options(const VlmAskOptions& o, bool visor_folder) {
   if (o.visor_budget < -1) throw ConfigError("VISOR budget " + std::to_string(o.visor_budget) + ": must be >= 0 (or auto)");
   if (!visor_folder && o.visor_budget >= 0)
     throw ConfigError("a VISOR budget needs a VISOR folder (iris train visor makes one)");
-  if (any_method(o.vqa.faithfulness) || o.vqa.saliency_map) {
+  if (o.vqa.faithfulness.any() || o.vqa.saliency_map) {
     if (visor_folder) throw ConfigError("VAR, LocoRE, SGRS and saliency maps run on plain LLaVA decoding, not on a VISOR folder");
     if (!o.draft.empty()) throw ConfigError("VAR, LocoRE, SGRS and saliency maps run on plain LLaVA decoding, not with a ViSpec draft");
   }

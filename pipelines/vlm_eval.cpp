@@ -218,11 +218,7 @@ VlmAnswerFn vqa_answerer(VqaModel& model, const VqaOptions& options, VqaTally* t
       tally->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       tally->var_rows_changed += a.var_rows_changed;
       tally->var_rows_examined += a.var_rows_examined;
-      tally->sgrs.tokens += a.sgrs.tokens;
-      tally->sgrs.first_draw_accepted += a.sgrs.first_draw_accepted;
-      tally->sgrs.redrawn += a.sgrs.redrawn;
-      tally->sgrs.fallbacks += a.sgrs.fallbacks;
-      tally->sgrs.saliency_calls += a.sgrs.saliency_calls;
+      tally->sgrs += a.sgrs;
     }
     return a.text;
   };

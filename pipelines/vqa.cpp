@@ -109,23 +109,28 @@ LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::string
   return vqa_merged_prompt(m, image, vqa_prompt_ids(m, question, opt));
 }
 
-LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
-  c10::InferenceMode inference;
+namespace {
+
+// Image features spliced into the prompt ids; the caller picks the grad mode.
+LlavaMerged merge_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
   const at::Tensor pixels = vqa_pixels(m, image);
   const at::Tensor input_ids = at::tensor(ids, at::kLong).unsqueeze(0).to(pixels.device());  // [1, L]
   return m.model->merge(input_ids, m.model->image_features(pixels));
 }
 
+}  // namespace
+
+LlavaMerged vqa_merged_prompt(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
+  c10::InferenceMode inference;
+  return merge_prompt(m, image, ids);
+}
+
 LlamaInput vqa_prompt_input(VqaModel& m, const Image& image, const std::vector<int64_t>& ids) {
   at::NoGradGuard no_grad;
-  const at::Tensor pixels = vqa_pixels(m, image);
-  const at::Tensor input_ids = at::tensor(ids, at::kLong).unsqueeze(0).to(pixels.device());  // [1, L]
-  return m.model->merge(input_ids, m.model->image_features(pixels)).input();
+  return merge_prompt(m, image, ids).input();
 }
 
 namespace {
-
-bool any_method(const FaithfulnessOptions& f) { return f.var || f.locore || f.sgrs; }
 
 // Removes the faithfulness hooks when the answer is done, however it ends.
 struct InstalledHooks {
@@ -164,7 +169,7 @@ VqaAnswer ask(VqaModel& m, const Image& image, const std::string& question, cons
               const TextCallback& on_text) {
   const std::vector<int64_t> ids = vqa_prompt_ids(m, question, opt);
   const FaithfulnessOptions& f = opt.faithfulness;
-  if (!any_method(f) && !opt.saliency_map) {
+  if (!f.any() && !opt.saliency_map) {
     const at::Tensor pixels = vqa_pixels(m, image);
     return ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
       return llava_generate(m.model, ids, pixels, g, on_token);

@@ -280,4 +280,11 @@ TEST(NewStyle, BadInputsNameTheProblem) {
   b = o;
   b.steps = 0;
   expect(b, "--steps");
+#ifdef IRIS_CLI
+  // The CLI: one clear error naming the folder, before any model loads.
+  const auto r = iris::testing_util::run_cli("train new-style --model " + o.model + " --adapter " + o.adapter +
+                                             " --images /nonexistent/style-images --name fresh");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("/nonexistent/style-images"), std::string::npos) << r.err;
+#endif
 }

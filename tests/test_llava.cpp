@@ -20,6 +20,7 @@
 #include "core/tensor_io.h"
 #include "pipelines/parity.h"
 #include "pipelines/random_model.h"
+#include "pipelines/vlm_ask.h"
 #include "pipelines/vlm_eval.h"
 #include "pipelines/vqa.h"
 #include "tests/test_util.h"
@@ -605,6 +606,50 @@ TEST(VqaFaithfulness, EvalAnswererCountsTokensAndTime) {
   EXPECT_LE(tally.generated_tokens, 7);
   EXPECT_GT(tally.seconds, 0.0);
   EXPECT_EQ(first, greedy_vqa_answerer(m)("What is this?", picture, 4));
+}
+
+TEST(VlmAsk, OptionRulesNameTheConflict) {
+  auto rejects = [](VlmAskOptions o, bool visor, const std::string& part) {
+    try {
+      validate_ask_options(o, visor);
+      ADD_FAILURE() << "no error; expected one naming " << part;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  VlmAskOptions ok;
+  EXPECT_NO_THROW(validate_ask_options(ok, false));
+  EXPECT_NO_THROW(validate_ask_options(ok, true));
+  VlmAskOptions o;
+  o.vqa.max_new_tokens = 0;
+  rejects(o, false, "max new tokens 0");
+  o = ok;
+  o.draft_chain = -1;
+  rejects(o, false, "draft chain -1");
+  o = ok;
+  o.compare = true;
+  rejects(o, false, "compare needs a ViSpec draft");
+  o = ok;
+  o.draft = "/d";
+  rejects(o, true, "not on a VISOR folder");
+  o = ok;
+  o.visor_budget = 1;
+  rejects(o, false, "needs a VISOR folder");
+  o.visor_budget = -2;
+  rejects(o, true, "VISOR budget -2");
+  o = ok;
+  o.vqa.faithfulness.locore = true;
+  rejects(o, true, "not on a VISOR folder");
+  o.draft = "/d";
+  rejects(o, false, "not with a ViSpec draft");
+  o = ok;
+  o.vqa.saliency_map = true;
+  rejects(o, true, "saliency maps");
+  // The overlay needs a 2-D map.
+  EXPECT_THROW(saliency_overlay(Image(8, 8, 3), at::ones({4})), ShapeError);
+  const Image heat = saliency_overlay(Image(40, 30, 3), at::rand({4, 4}), 64);
+  EXPECT_EQ(heat.width, 64);
+  EXPECT_EQ(heat.height, 64);
 }
 
 #ifdef IRIS_CLI

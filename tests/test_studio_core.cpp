@@ -510,6 +510,9 @@ TEST(StudioAsk, SettingsBecomeOptionsAndBadOnesNameTheKey) {
   EXPECT_THROW(t.set("ask_var_p", "1.5"), ConfigError);
   EXPECT_THROW(t.set("ask_visor_budget", "-2"), ConfigError);
   EXPECT_THROW(t.set("ask_var_sink_dims", "x,y"), ConfigError);
+  EXPECT_THROW(t.set("ask_locore_beta", "-1"), ConfigError);
+  EXPECT_THROW(t.set("ask_draft_chain", "65"), ConfigError);
+  EXPECT_THROW(t.set("new_style_steps", "0"), ConfigError);
   t.set("ask_saliency", "on");
   EXPECT_TRUE(t.ask_saliency);
 }

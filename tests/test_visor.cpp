@@ -589,6 +589,10 @@ TEST(VisorCli, TrainThenAskWithABudget) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("budget 1, visual"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("x less)"), std::string::npos) << r.out;
+  // A budget beyond the model's (checked by VlmAsker once the folder is loaded).
+  r = run_cli("ask --model " + out + " --image " + image + " --max-tokens 3 --visor-budget 99 \"What color?\"");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("VISOR budget 99: this model's budgets are 0.."), std::string::npos) << r.err;
   // A budget needs a VISOR folder.
   r = run_cli("ask --model " + llava + " --image " + image + " --visor-budget 1 \"What color?\"");
   EXPECT_NE(r.code, 0);

@@ -28,6 +28,7 @@ struct FaithfulnessOptions {
   SgrsOptions sgrs_options;
   SaliencyOptions saliency;  // SGRS' saliency (layers, keys)
 
+  bool any() const { return var || locore || sgrs; }  // any method on
   // ConfigError naming the option on a bad value (only for the methods turned on).
   void validate(const LlamaConfig& cfg) const;
   // "baseline", "var(p=0.6,rho=0.5)+locore(beta=0.15,w=8)+sgrs(K=5,alpha=0.6,W=5,R=3)", ...

@@ -63,6 +63,14 @@ struct SgrsStats {
   int64_t redrawn = 0;    // accepted after at least one rejection
   int64_t fallbacks = 0;
   int64_t saliency_calls = 0;
+  SgrsStats& operator+=(const SgrsStats& o) {
+    tokens += o.tokens;
+    first_draw_accepted += o.first_draw_accepted;
+    redrawn += o.redrawn;
+    fallbacks += o.fallbacks;
+    saliency_calls += o.saliency_calls;
+    return *this;
+  }
 };
 
 // Generation with SGRS (batch 1): the prompt is prefilled and its last position re-run with

@@ -150,8 +150,7 @@ void StudioApp::start_generation() {
     if (job.model.model.empty()) throw ConfigError("choose a model folder first");
     last_seed_ = seed;
     gen_.start(std::move(job));
-    last_job_was_ask_ = false;
-    last_job_was_style_ = false;
+    last_job_ = LastJob::Generate;
     showing_preview_ = true;
     set_notice("generating (seed " + std::to_string(seed) + ")");
     save_settings_file();
@@ -194,8 +193,7 @@ void StudioApp::start_ask() {
     if (job.image.empty()) throw ConfigError("load an image first (or send a result from Generate)");
     ask_.start(std::move(job));
     ++asks_started_;
-    last_job_was_ask_ = true;
-    last_job_was_style_ = false;
+    last_job_ = LastJob::Ask;
     set_notice("asking");
   } catch (const std::exception& e) {
     set_notice(e.what(), true);
@@ -292,14 +290,18 @@ void StudioApp::poll_workers() {
 }
 
 std::string StudioApp::last_message() const {
-  if (last_job_was_style_) return style_train_.status().message;
-  return last_job_was_ask_ ? ask_.status().message : gen_.status().message;
+  switch (last_job_) {
+    case LastJob::Ask: return ask_.status().message;
+    case LastJob::StyleTraining: return style_train_.status().message;
+    case LastJob::Generate: break;
+  }
+  return gen_.status().message;
 }
 
 std::string StudioApp::last_outcome() const {
-  const JobState st = last_job_was_style_ ? style_train_.status().state
-                      : last_job_was_ask_ ? ask_.status().state
-                                          : gen_.status().state;
+  const JobState st = last_job_ == LastJob::StyleTraining ? style_train_.status().state
+                      : last_job_ == LastJob::Ask           ? ask_.status().state
+                                                            : gen_.status().state;
   if (busy()) return "";
   return st == JobState::Done || st == JobState::Failed || st == JobState::Cancelled ? state_name(st) : "";
 }
@@ -532,7 +534,7 @@ void StudioApp::start_style_training() {
     if (o.model.empty()) throw ConfigError("choose a model first (the style is learned against it)");
     if (o.adapter.empty()) throw ConfigError("choose a style adapter first");
     style_train_.start(o, s_.threads);
-    last_job_was_style_ = true;
+    last_job_ = LastJob::StyleTraining;
     set_notice("training the style \"" + o.name + "\"");
   } catch (const std::exception& e) {
     set_notice(e.what(), true);

@@ -83,7 +83,8 @@ class StudioApp : public ScriptHost {
   std::string screenshot_request_;
   int reported_gen_jobs_ = 0;
   int asks_started_ = 0, reported_asks_ = 0;
-  bool last_job_was_ask_ = false, last_job_was_style_ = false;
+  enum class LastJob { Generate, Ask, StyleTraining };
+  LastJob last_job_ = LastJob::Generate;  // whose outcome `expect` reads
   uint64_t last_seed_ = 0;
 
   // Results of this session (newest last) and what the viewer shows.

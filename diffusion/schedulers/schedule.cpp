@@ -60,6 +60,15 @@ const char* to_string(TimestepSpacing s) {
   return "?";
 }
 
+at::Tensor prediction_target(PredictionType type, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& acp) {
+  switch (type) {
+    case PredictionType::VPrediction: return acp.sqrt() * noise - (1 - acp).sqrt() * x0;
+    case PredictionType::Sample: return x0;
+    case PredictionType::Epsilon: break;
+  }
+  return noise;
+}
+
 ScheduleConfig parse_schedule_config(const Json& j, SchedulerKind kind) {
   const std::string what = std::string("scheduler config (") + kind_name(kind) + ")";
   if (!j.is_object()) throw ConfigError(what + ": expected a JSON object");

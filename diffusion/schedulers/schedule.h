@@ -25,6 +25,9 @@ enum class SchedulerKind { DDIM, Euler, EulerAncestral, DPMSolverMultistep, LCM 
 enum class BetaSchedule { Linear, ScaledLinear, SquaredCosCapV2 };
 // What the model predicts: noise (eps), velocity (v = alpha*eps - sigma*x0) or x0 itself.
 enum class PredictionType { Epsilon, VPrediction, Sample };
+// What a model predicting `type` is trained toward for x_t = sqrt(acp) x0 + sqrt(1 - acp) noise:
+// noise, v = sqrt(acp) noise - sqrt(1 - acp) x0, or x0. acp broadcasts against x0 ([B, 1, 1, 1]).
+at::Tensor prediction_target(PredictionType type, const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& acp);
 // How inference timesteps are spread over [0, num_train_timesteps) (arXiv:2305.08891, Table 2).
 enum class TimestepSpacing { Leading, Trailing, Linspace };
 
