@@ -15,14 +15,15 @@ namespace iris::cli {
 
 namespace {
 
-// The adapter option a task needs, or "" for t2i.
+// The adapter option a task needs, or "" for t2i and vae.
 std::string needed_adapter(EvalTask t, const SdModelCliOptions& m, std::string* option) {
   switch (t) {
     case EvalTask::ImagePrompt:
     case EvalTask::ImagePromptText: *option = "--ip-adapter"; return m.ip_adapter;
     case EvalTask::Style: *option = "--style-adapter"; return m.style_adapter;
     case EvalTask::Skeleton: *option = "--sk-adapter"; return m.sk_adapter;
-    case EvalTask::TextToImage: break;
+    case EvalTask::TextToImage:
+    case EvalTask::Autoencoder: break;
   }
   return "";
 }
@@ -59,7 +60,8 @@ void add_eval_diffusion_command(CLI::App& app) {
   add_sd_model_options(cmd, o->m);
   cmd->add_option("--task", o->task,
                   "t2i | ip (image prompt only) | ip-text (image + a text that changes one attribute) | "
-                  "style (each Tinyworld style from the bank) | skeleton (SK-Adapter PCK@0.1, and without it)")
+                  "style (each Tinyworld style from the bank) | skeleton (SK-Adapter PCK@0.1, and without it) | "
+                  "vae (held-out renders through the VAE only: the ceiling of any generator with it)")
       ->capture_default_str();
   cmd->add_option("--n", o->e.n, "Held-out prompts")->capture_default_str();
   cmd->add_option("--seed", o->e.seed, "Seed of the first image (image i: seed + i)")->capture_default_str();

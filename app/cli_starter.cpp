@@ -48,6 +48,17 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
         ->capture_default_str();
     cmd->add_flag("--f32", o->f32, "Store the weights as F32 (default F16)");
   }
+  if (name == "vae") {
+    cmd->add_flag("--finetune", o->t.vae_from_pack,
+                  "Start from OUT/vae (fresh optimizer; use another --work than the first run's); the scaling "
+                  "factor is measured again, so models trained on the old latents need more training");
+    cmd->add_flag("--decoder-only", o->t.vae_decoder_only,
+                  "Start from OUT/vae and train only its decoder: the latent space, and the UNet and adapters "
+                  "trained on it, stay valid (use another --work than the full VAE's)");
+    cmd->add_option("--detail-weight", o->t.vae_detail_weight,
+                    "Extra L1 weight on pixels on or near edges (0: plain L1)")
+        ->capture_default_str();
+  }
   cmd->callback([o, fn, name] {
     set_threads(o->threads);
     StarterTrainOptions t = o->t;

@@ -13,8 +13,6 @@
 #include "core/json_util.h"
 #include "pipelines/draft_training.h"
 #include "pipelines/vqa.h"
-#include "world/dataset.h"
-#include "world/render.h"
 
 namespace iris::cli {
 
@@ -74,22 +72,6 @@ bool is_llava_folder(const std::string& folder) {
   return j.is_object() && j.contains("text_config");
 }
 
-// Prompts for a LLaVA target: each Tinyworld training scene's render with "Describe the image."
-// (the long answers speculative decoding is for), as the target's merged input embeddings.
-std::vector<EmbedsPrompt> tinyworld_describe_prompts(VqaModel& m, int64_t count, uint64_t base_seed) {
-  world::DatasetOptions d;
-  d.base_seed = base_seed;
-  d.count = static_cast<int>(count);
-  d.split = world::Split::Train;
-  std::vector<EmbedsPrompt> out;
-  for (uint64_t seed : world::split_seeds(d)) {
-    const world::Sample sample = world::make_sample(seed, d);
-    const LlavaMerged merged = vqa_merged_prompt(m, world::render_scene(sample.scene), "Describe the image.");
-    out.push_back({merged.inputs_embeds, merged.image_mask});
-  }
-  return out;
-}
-
 void print_speed(const char* when, const SpeedEvaluation& e) {
   std::printf("%s: tau %.2f accepted draft tokens per cycle (%lld cycles, %lld tokens); speculative %.0f ms vs plain "
               "%.0f ms: %.2fx; %lld/%lld outputs identical\n",
@@ -106,7 +88,7 @@ void run_train_llava_draft(const TrainDraftArgs& a) {
 
   std::printf("describing %lld Tinyworld scenes with the target (up to %lld tokens each)\n",
               static_cast<long long>(a.scenes), static_cast<long long>(a.answer_tokens));
-  const std::vector<EmbedsPrompt> prompts = tinyworld_describe_prompts(m, a.scenes + a.eval_prompts, a.seed + 1);
+  const std::vector<EmbedsPrompt> prompts = tinyworld_describe_prompts(m, a.scenes + a.eval_prompts, a.seed + 1, /*held_out=*/false);
   std::vector<DraftExample> data;
   for (int64_t i = 0; i < a.scenes; ++i) {
     data.push_back(make_draft_example(target, prompts[i].embeds, prompts[i].image_mask, a.answer_tokens));

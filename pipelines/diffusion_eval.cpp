@@ -26,6 +26,7 @@ constexpr TaskInfo kTasks[] = {
     {EvalTask::ImagePromptText, "ip-text", "IP-Adapter, image prompt + a text that changes one attribute"},
     {EvalTask::Style, "style", "PokeFusion style bank, each Tinyworld style in turn"},
     {EvalTask::Skeleton, "skeleton", "SK-Adapter, the reference figure's skeleton (PCK@0.1)"},
+    {EvalTask::Autoencoder, "vae", "VAE round trip of held-out renders, every attribute"},
 };
 
 const TaskInfo& info(EvalTask t) {
@@ -55,6 +56,7 @@ world::Tally headline_of(EvalTask task, const world::SceneScore& s, const world:
     case EvalTask::ImagePromptText: return change;
     case EvalTask::Style: return s.style;
     case EvalTask::Skeleton: return s.joints;
+    case EvalTask::Autoencoder: return described_of(s);
   }
   return {};
 }
@@ -215,6 +217,11 @@ EvalPrompt make_eval_prompt(const DiffusionEvalOptions& o, int i, uint64_t scene
       it.reference = world::render_skeleton_map(*p.skeleton, o.resolution);
       break;
     }
+    case EvalTask::Autoencoder:
+      it.reference = world::render_scene(s.scene);
+      it.score_everything = true;
+      p.prompt.clear();
+      break;
   }
   return it;
 }
@@ -239,7 +246,8 @@ world::Tally score_change(const EvalPrompt& it, const world::AnalyzedScene& a) {
 void require_adapters(SdModel& model, const DiffusionEvalOptions& o) {
   const std::string task = std::string("eval --task ") + eval_task_name(o.task);
   switch (o.task) {
-    case EvalTask::TextToImage: return;
+    case EvalTask::TextToImage:
+    case EvalTask::Autoencoder: return;
     case EvalTask::ImagePrompt:
     case EvalTask::ImagePromptText:
       if (!model.ip_adapter || !model.image_encoder)
@@ -274,7 +282,7 @@ std::string eta_text(double elapsed, int done, int total) {
 EvalTask parse_eval_task(const std::string& s) {
   for (const TaskInfo& i : kTasks)
     if (s == i.name) return i.task;
-  throw ConfigError("--task \"" + s + "\": expected t2i, ip, ip-text, style or skeleton");
+  throw ConfigError("--task \"" + s + "\": expected t2i, ip, ip-text, style, skeleton or vae");
 }
 
 const char* eval_task_name(EvalTask t) { return info(t).name; }
@@ -305,6 +313,7 @@ std::vector<EvalFigure> DiffusionEvalResult::figures() const {
       f.push_back({"PCK@0.1 adapter", score.joints, 80});
       if (has_baseline) f.push_back({"PCK@0.1 without", baseline.joints, 0});
       break;
+    case EvalTask::Autoencoder: f.push_back({"round trip", headline(), 0}); break;
   }
   return f;
 }
@@ -357,7 +366,13 @@ DiffusionEvalResult eval_diffusion(const DiffusionEvalOptions& o, const EvalGene
 DiffusionEvalResult eval_diffusion(SdModel& model, const DiffusionEvalOptions& o) {
   if (o.n < 1) throw ConfigError("eval: --n must be at least 1, got " + std::to_string(o.n));
   require_adapters(model, o);
-  return eval_diffusion(o, [&model](const EvalPrompt& prompt, bool baseline) {
+  return eval_diffusion(o, [&model, task = o.task](const EvalPrompt& prompt, bool baseline) {
+    if (task == EvalTask::Autoencoder) {
+      // vae: the render's mean latent, decoded (no noise: the autoencoder's own loss).
+      torch::NoGradGuard no_grad;
+      const at::Tensor pixels = image_to_tensor(prompt.reference).to(model.device);
+      return to_images(model.vae->decode(model.vae->encode(pixels).mean)).at(0);
+    }
     GenerationParams p = prompt.params;
     if (baseline) {  // the skeleton task's run without the adapter
       p.skeleton.reset();
@@ -436,6 +451,7 @@ Json eval_result_json(const DiffusionEvalResult& r, const DiffusionEvalOptions& 
       break;
     case EvalTask::Style: j["options"]["style_strength"] = o.style_strength; break;
     case EvalTask::Skeleton: j["options"]["skeleton_scale"] = o.skeleton_scale; break;
+    case EvalTask::Autoencoder: break;
   }
   Json head = tally_json(r.headline());
   head["name"] = r.figures().front().name;

@@ -15,6 +15,9 @@
 //             content attributes as in t2i.
 //   skeleton  a caption with a stick figure + that figure's skeleton: PCK@0.1 of the joints the
 //             analyzer reads, with the SK-Adapter and (same prompts and seeds) without it.
+//   vae       no generation: each held-out render through the VAE (encode, mean latent, decode),
+//             every attribute of the scene scored. The ceiling any latent generator with this
+//             VAE can reach, so a low t2i figure can be told apart from a lossy autoencoder.
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -29,8 +32,8 @@
 
 namespace iris {
 
-enum class EvalTask { TextToImage, ImagePrompt, ImagePromptText, Style, Skeleton };
-// "t2i" | "ip" | "ip-text" | "style" | "skeleton"; ConfigError listing them otherwise.
+enum class EvalTask { TextToImage, ImagePrompt, ImagePromptText, Style, Skeleton, Autoencoder };
+// "t2i" | "ip" | "ip-text" | "style" | "skeleton" | "vae"; ConfigError listing them otherwise.
 EvalTask parse_eval_task(const std::string& s);
 const char* eval_task_name(EvalTask t);
 
@@ -81,7 +84,7 @@ struct DiffusionEvalResult {
   // Every described attribute together (objects, count, style, background, figure, PCK).
   world::Tally described() const;
   // The task's main figure: t2i described(); ip object attributes + count; ip-text change;
-  // style recognition; skeleton PCK with the adapter.
+  // style recognition; skeleton PCK with the adapter; vae every attribute.
   world::Tally headline() const;
   // The rows printed under the attribute table (headline first).
   std::vector<EvalFigure> figures() const;
@@ -99,7 +102,7 @@ struct EvalPrompt {
   world::Scene target;            // the scene the image should show
   world::Caption described;       // which of its attributes are scored
   bool score_everything = false;  // ip: every attribute of the reference (no caption filter)
-  Image reference;                // the image prompt (ip, ip-text) or pose map (skeleton); else empty
+  Image reference;                // the image prompt (ip, ip-text), pose map (skeleton) or render (vae); else empty
   // ip-text: the reference object the text changes, and how.
   size_t changed_object = 0;
   ObjectAttribute changed = ObjectAttribute::Color;

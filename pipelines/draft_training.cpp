@@ -8,6 +8,9 @@
 
 #include "core/error.h"
 #include "core/json_util.h"
+#include "pipelines/vqa.h"
+#include "world/dataset.h"
+#include "world/render.h"
 
 namespace iris {
 
@@ -190,6 +193,21 @@ SpeedEvaluation evaluate_draft_speed(LlamaForCausalLM& target, VispecDraft& draf
   }
   e.draft.tau = e.draft.cycles ? static_cast<double>(accepted) / e.draft.cycles : 0.0;
   return e;
+}
+
+std::vector<EmbedsPrompt> tinyworld_describe_prompts(VqaModel& model, int64_t count, uint64_t base_seed,
+                                                     bool held_out) {
+  world::DatasetOptions d;
+  d.base_seed = base_seed;
+  d.count = static_cast<int>(count);
+  d.split = held_out ? world::Split::HeldOut : world::Split::Train;
+  std::vector<EmbedsPrompt> out;
+  for (uint64_t seed : world::split_seeds(d)) {
+    const world::Sample sample = world::make_sample(seed, d);
+    const LlavaMerged merged = vqa_merged_prompt(model, world::render_scene(sample.scene), "Describe the image.");
+    out.push_back({merged.inputs_embeds, merged.image_mask});
+  }
+  return out;
 }
 
 std::vector<std::vector<int64_t>> read_prompt_file(const std::string& path,

@@ -23,6 +23,8 @@
 
 namespace iris {
 
+struct VqaModel;  // pipelines/vqa.h
+
 // One training sequence with the frozen target's features.
 struct DraftExample {
   at::Tensor embeds;      // [1, L, H]: the target's input embeddings of prompt + answer
@@ -91,6 +93,11 @@ struct SpeedEvaluation {
 };
 SpeedEvaluation evaluate_draft_speed(LlamaForCausalLM& target, VispecDraft& draft,
                                      const std::vector<EmbedsPrompt>& prompts, const SpeculativeOptions& opt);
+
+// "Describe the image." about `count` Tinyworld scenes of a split (seeds from base_seed), as a
+// LLaVA model's merged prompts: the long answers speculative decoding is for.
+std::vector<EmbedsPrompt> tinyworld_describe_prompts(VqaModel& model, int64_t count, uint64_t base_seed,
+                                                     bool held_out);
 
 // prompts.jsonl: one JSON object per line, {"ids": [..]} or {"prompt": "text"} (tokenized with
 // `encode`, which may be empty when every line has ids). Blank lines are skipped. FormatError

@@ -30,7 +30,8 @@ namespace iris {
 
 // Default schedules per component (full size; tests pass their own steps):
 //   component   steps  batch  lr      warm-up  notes
-//   vae         1500   16     1e-3    100      L1 + 1e-5 KL (per element)
+//   vae         1500   16     1e-3    100      L1 + 1e-5 KL (per element); optionally detail-weighted
+//                                              L1, or the decoder alone from the pack's VAE
 //   clip        1500   64     5e-4    100      symmetric InfoNCE, learned temperature
 //   unet        5000   32     5e-4    200      v-prediction, min-SNR-5, EMA 0.999
 namespace {
@@ -324,24 +325,59 @@ TrainReport train_starter_tokenizer(const StarterTrainOptions& o, int max_merges
 
 // ---- VAE ----------------------------------------------------------------------------------------
 
+// Per-pixel L1 weights for the detail-weighted VAE loss. x: [B, 3, H, W] in [-1, 1] -> [B, 1, H, W]:
+// 1 + weight where a pixel differs from its 7x7 neighbourhood mean (an edge, a stripe, a limb),
+// grown by 2 pixels so that small shapes weigh in whole.
+at::Tensor vae_detail_weights(const at::Tensor& x, double weight) {
+  torch::NoGradGuard no_grad;
+  const at::Tensor local_mean = at::avg_pool2d(x, {7, 7}, {1, 1}, {3, 3}, false, false);
+  const at::Tensor detail = (x - local_mean).abs().sum(1, true);  // [B, 1, H, W]
+  const at::Tensor mask = at::max_pool2d((detail > 0.05).to(x.scalar_type()), {5, 5}, {1, 1}, {2, 2});
+  return 1.0 + weight * mask;
+}
+
 TrainReport train_starter_vae(const StarterTrainOptions& o) {
   const auto log = log_of(o);
   const ImageCaptionSet data = load_image_caption_set(o.data_dir, o.max_images, log);
   Json config = starter_vae_config(o.tiny);
   at::manual_seed(o.seed);
-  AutoencoderKL vae(VaeConfig::from_json(config, "starter vae config"));
+  AutoencoderKL vae{nullptr};
+  if (o.vae_from_pack || o.vae_decoder_only) {
+    const ModelPart part = open_pack_part(o.out_dir, "vae", "iris train vae");
+    config = part.config;  // decoder only: the scaling factor (the latent space) stays as it is
+    vae = AutoencoderKL(VaeConfig::from_json(config, part.config_path));
+    load_state_dict(*vae, *part.weights, RenameTable(), LoadOptions());
+    if (o.vae_decoder_only)
+      for (auto& p : vae->named_parameters())  // freeze the encoder side: encoder.*, quant_conv.*
+        if (p.key().rfind("encoder.", 0) == 0 || p.key().rfind("quant_conv.", 0) == 0)
+          p.value().set_requires_grad(false);
+  } else {
+    vae = AutoencoderKL(VaeConfig::from_json(config, "starter vae config"));
+  }
   const c10::Device dev = select_device(o.device);
   vae->to(dev);
-  Trainer t(named_trainable_parameters(*vae), trainer_options(o, kVae, "vae"));
+  Trainer t(named_trainable_parameters(*vae), trainer_options(o, kVae, o.vae_decoder_only ? "vae-decoder" : o.vae_from_pack ? "vae-finetune" : "vae"));
   t.resume();
   const int64_t B = batch_of(o, kVae);
   const double kl_weight = 1e-5;
   TrainReport r = run_trainer(t, o, [&](at::Generator& gen) {
     const at::Tensor x = data.pixels(sample_indices(data_seed(o, t), data.size(), B)).to(dev);  // [B, 3, 64, 64]
-    const LatentDistribution d = vae->encode(x);
+    LatentDistribution d;
+    if (o.vae_decoder_only) {
+      torch::NoGradGuard frozen;
+      d = vae->encode(x);
+    } else {
+      d = vae->encode(x);
+    }
     const at::Tensor rec = vae->decode(d.sample(gen));
+    at::Tensor l1 = (rec - x).abs();  // [B, 3, H, W]
+    if (o.vae_detail_weight > 0) {
+      const at::Tensor w = vae_detail_weights(x, o.vae_detail_weight);
+      l1 = l1 * w / w.mean();
+    }
+    if (o.vae_decoder_only) return l1.mean();  // the encoder (and so the KL term) is frozen
     const at::Tensor kl = 0.5 * (d.mean.pow(2) + d.std.pow(2) - 1.0 - d.logvar).mean();
-    return (rec - x).abs().mean() + kl_weight * kl;
+    return l1.mean() + kl_weight * kl;
   });
   if (!t.done()) return stopped_before_export(t, r);
 
@@ -356,7 +392,7 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
     means.push_back(vae->encode(data.pixels(idx).to(dev)).mean.cpu());
   }
   const double std_all = at::cat(means).std().item<double>();
-  config["scaling_factor"] = std_all > 0 ? 1.0 / std_all : 1.0;
+  if (!o.vae_decoder_only) config["scaling_factor"] = std_all > 0 ? 1.0 / std_all : 1.0;
   vae->to(c10::kCPU);
   const fs::path dir = fs::path(o.out_dir) / "vae";
   write_json((dir / "config.json").string(), config);

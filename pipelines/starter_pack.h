@@ -64,6 +64,15 @@ struct StarterTrainOptions {
   // still spans `steps` — how a schedule changed mid-training is replayed exactly.
   int64_t stop_at = 0;
   bool fixed_batch = false;  // every step sees the same batch (tests)
+  // VAE only. from_pack: start from the pack's vae/ (fresh optimizer) instead of a random
+  // initialisation. decoder_only (implies from_pack): train its decoder (post_quant_conv +
+  // decoder) alone, so the latent space, and every model trained on it, stays valid.
+  // detail_weight W > 0: pixels on or near an edge weigh 1 + W in the L1 loss (objects are a
+  // few percent of a Tinyworld image; with plain L1 the background dominates and small shapes
+  // come back with the wrong colour).
+  bool vae_from_pack = false;
+  bool vae_decoder_only = false;
+  double vae_detail_weight = 0;
   bool f16 = true;           // exported weights stored as F16
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto (noise is drawn on the CPU either way)
   std::function<void(const std::string&)> log;  // stdout when empty

@@ -113,9 +113,10 @@ void expect_well_formed(const DiffusionEvalResult& r, const DiffusionEvalOptions
 
 TEST(DiffusionEval, TaskNames) {
   for (EvalTask t : {EvalTask::TextToImage, EvalTask::ImagePrompt, EvalTask::ImagePromptText, EvalTask::Style,
-                     EvalTask::Skeleton})
+                     EvalTask::Skeleton, EvalTask::Autoencoder})
     EXPECT_EQ(parse_eval_task(eval_task_name(t)), t);
-  expect_error<ConfigError>([] { parse_eval_task("inpaint"); }, "\"inpaint\": expected t2i, ip, ip-text, style or skeleton");
+  expect_error<ConfigError>([] { parse_eval_task("inpaint"); },
+                            "\"inpaint\": expected t2i, ip, ip-text, style, skeleton or vae");
   EXPECT_THROW(eval_scene_seeds(options(EvalTask::TextToImage, 0)), ConfigError);
 }
 
@@ -183,8 +184,8 @@ TEST(DiffusionEval, PckOfHandMadeSkeletons) {
 }
 
 TEST(DiffusionEval, RendersOfTheTargetsScoreFullMarksAndWrongImagesDoNot) {
-  // t2i and ip: a render of the target is read back; a blank image is not.
-  for (EvalTask t : {EvalTask::TextToImage, EvalTask::ImagePrompt}) {
+  // t2i, ip and vae: a render of the target is read back; a blank image is not.
+  for (EvalTask t : {EvalTask::TextToImage, EvalTask::ImagePrompt, EvalTask::Autoencoder}) {
     const DiffusionEvalOptions o = options(t, 8);
     const DiffusionEvalResult good = eval_diffusion(o, render_target);
     EXPECT_GE(rate(good.headline()), 0.95) << format_eval_table(good);
@@ -241,7 +242,7 @@ TEST(DiffusionEval, RendersOfTheTargetsScoreFullMarksAndWrongImagesDoNot) {
 TEST(DiffusionEval, EveryTaskRunsOnATinyPipeline) {
   SdModel& model = tiny_model();
   for (EvalTask t : {EvalTask::TextToImage, EvalTask::ImagePrompt, EvalTask::ImagePromptText, EvalTask::Style,
-                     EvalTask::Skeleton}) {
+                     EvalTask::Skeleton, EvalTask::Autoencoder}) {
     const DiffusionEvalOptions o = options(t, 2, 32);
     int reports = 0;
     DiffusionEvalOptions counted = o;
@@ -255,7 +256,8 @@ TEST(DiffusionEval, EveryTaskRunsOnATinyPipeline) {
     EXPECT_EQ(reports, 2);
     expect_well_formed(r, o);
     EXPECT_EQ(r.images.at(0).width, 32);
-    const bool refs = t == EvalTask::ImagePrompt || t == EvalTask::ImagePromptText || t == EvalTask::Skeleton;
+    const bool refs = t == EvalTask::ImagePrompt || t == EvalTask::ImagePromptText || t == EvalTask::Skeleton ||
+                      t == EvalTask::Autoencoder;
     EXPECT_EQ(r.references.size(), refs ? 2u : 0u) << eval_task_name(t);
     EXPECT_EQ(r.baseline_images.size(), t == EvalTask::Skeleton ? 2u : 0u) << eval_task_name(t);
     const int group = 1 + refs + (t == EvalTask::Skeleton);

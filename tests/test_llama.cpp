@@ -172,6 +172,23 @@ TEST(LlamaCache, LongPrefillAcrossBlocksAndKernels) {
   set_llama_kernels(saved);
 }
 
+TEST(LlamaCache, FewTokenPassesOnACacheEqualTheFullForward) {
+  // 1..9 tokens after a prefill: every row count of the few-row GEMV kernels (1..8, as in
+  // speculative verification) and the first count past them (the GEMM path).
+  LlamaForCausalLM m = small_model();
+  const at::Tensor input = random_ids(1, 20, 97, 31);
+  const at::Tensor reference = m->forward(input);  // LibTorch ops, autograd on
+  at::NoGradGuard ng;
+  for (int64_t n = 1; n <= 9; ++n) {
+    KVCache cache = m->new_cache(1, 20);
+    LlamaInput pre, few;
+    pre.input_ids = input.narrow(1, 0, 11);
+    few.input_ids = input.narrow(1, 11, n);
+    m->forward(pre, &cache);
+    EXPECT_LE(max_diff(m->forward(few, &cache).logits, reference.narrow(1, 11, n)), 1e-5) << n << " tokens";
+  }
+}
+
 TEST(LlamaCache, TruncateThenContinueEqualsNeverHavingGonePast) {
   LlamaForCausalLM m = small_model();
   const at::Tensor prompt = random_ids(1, 8, 97, 4);

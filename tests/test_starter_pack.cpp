@@ -170,6 +170,57 @@ TEST(StarterPack, InterruptedVaeRunResumesToTheSameWeights) {
   for (const auto& [name, t] : a) EXPECT_TRUE(at::equal(t, b.at(name))) << name;
 }
 
+TEST(StarterPack, VaeFinetuneAndDecoderOnlyStartFromThePacksVae) {
+  const fs::path root = testing_util::scratch_dir();
+  const std::string data = make_dataset(root / "data", 8);
+  StarterTrainOptions o = tiny_options(data, root / "pack", 3);
+  train_starter_vae(o);
+  const std::string weights = (root / "pack/vae/diffusion_pytorch_model.safetensors").string();
+  const auto scaling = [&] {
+    return VaeConfig::from_json(Checkpoint::open((root / "pack/vae").string()).parts()[0].config, "vae").scaling_factor;
+  };
+  const auto before = read_all(TensorStore::open(weights));
+  const double factor_before = scaling();
+
+  // Decoder only (detail-weighted): the encoder side and the scaling factor stay bit-identical,
+  // the decoder moves, and its loss falls.
+  StarterTrainOptions dec = o;
+  dec.steps = 6;
+  dec.vae_decoder_only = true;
+  dec.vae_detail_weight = 9;
+  const TrainReport r = train_starter_vae(dec);
+  expect_finite_and_falling(r, "vae decoder only");
+  const auto after = read_all(TensorStore::open(weights));
+  ASSERT_EQ(before.size(), after.size());
+  int decoder_changed = 0;
+  for (const auto& [name, t] : before) {
+    const bool encoder_side = name.rfind("encoder.", 0) == 0 || name.rfind("quant_conv.", 0) == 0;
+    if (encoder_side) EXPECT_TRUE(at::equal(t, after.at(name))) << name;
+    else decoder_changed += !at::equal(t, after.at(name));
+  }
+  EXPECT_GT(decoder_changed, 0);
+  EXPECT_EQ(scaling(), factor_before);
+  // The whole VAE from the pack's weights: the encoder trains too.
+  StarterTrainOptions ft = o;
+  ft.vae_from_pack = true;
+  ft.steps = 6;
+  ft.lr = 3e-4;  // a fresh optimizer on trained weights: a gentler step than from scratch
+  const TrainReport f = train_starter_vae(ft);
+  expect_finite_and_falling(f, "vae finetune");
+  const auto tuned = read_all(TensorStore::open(weights));
+  EXPECT_FALSE(at::equal(after.at("encoder.conv_in.weight"), tuned.at("encoder.conv_in.weight")));
+  // Without a pack VAE the error names the command that makes one.
+  StarterTrainOptions none = dec;
+  none.out_dir = (root / "empty").string();
+  fs::create_directories(none.out_dir);
+  try {
+    train_starter_vae(none);
+    FAIL() << "expected IoError";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("iris train vae"), std::string::npos) << e.what();
+  }
+}
+
 TEST(StarterPack, BadInputGivesClearErrors) {
   const fs::path root = testing_util::scratch_dir();
   // Missing data folder.

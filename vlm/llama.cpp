@@ -430,7 +430,8 @@ __attribute__((target("avx2,fma"))) void gemv1_avx2(const float* w, const float*
   }
 }
 
-// M rows of x (2..4), one weight row at a time, loaded once for all M.
+// M rows of x (2..8), one weight row at a time, loaded once for all M (M accumulators + the
+// weight vector stay within the 16 ymm registers).
 template <int M>
 __attribute__((target("avx2,fma"))) void gemvm_avx2(const float* w, const float* x, float* y, int64_t K, int64_t N,
                                                     int64_t n0, int64_t n1) {
@@ -564,7 +565,12 @@ void softmax_row(float* s, int64_t n, int64_t lim, float scale, const bool* bloc
   std::fill(s + lim, s + n, 0.0f);
 }
 
-// x: [M, K] contiguous, w: [N, K] contiguous -> y: [M, N] (float32, CPU).
+// Up to this many rows (decode, a verified draft chain or small tree, small batches) run as
+// GEMV, the weights streamed once: a general SGEMM call costs tens of microseconds of set-up
+// at these sizes, which made verifying 5 drafted tokens cost as much as ~4 decode steps.
+constexpr int64_t kGemvRows = 8;
+
+// x: [M, K] contiguous (M <= kGemvRows), w: [N, K] contiguous -> y: [M, N] (float32, CPU).
 void gemv_rows(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
 #ifdef IRIS_LLAMA_AVX2
@@ -581,7 +587,11 @@ void gemv_rows(const at::Tensor& x, const at::Tensor& w, at::Tensor& y) {
         case 1: gemv1_avx2(wd, xd, yd, K, n0, n1); break;
         case 2: gemvm_avx2<2>(wd, xd, yd, K, N, n0, n1); break;
         case 3: gemvm_avx2<3>(wd, xd, yd, K, N, n0, n1); break;
-        default: gemvm_avx2<4>(wd, xd, yd, K, N, n0, n1); break;
+        case 4: gemvm_avx2<4>(wd, xd, yd, K, N, n0, n1); break;
+        case 5: gemvm_avx2<5>(wd, xd, yd, K, N, n0, n1); break;
+        case 6: gemvm_avx2<6>(wd, xd, yd, K, N, n0, n1); break;
+        case 7: gemvm_avx2<7>(wd, xd, yd, K, N, n0, n1); break;
+        default: gemvm_avx2<8>(wd, xd, yd, K, N, n0, n1); break;
       }
     });
     return;
@@ -632,7 +642,7 @@ at::Tensor dense(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) 
     const at::Tensor x2 = x.reshape({rows, in}).contiguous();
     at::Tensor y = at::empty({rows, w.size(0)}, x.options());
     bool done = true;
-    if (rows <= 4) gemv_rows(x2, w, y);
+    if (rows <= kGemvRows) gemv_rows(x2, w, y);
     else done = sgemm_rows(x2.data_ptr<float>(), in, w.data_ptr<float>(), in, true, y.data_ptr<float>(), w.size(0),
                            rows, w.size(0), in);
     if (done) {
