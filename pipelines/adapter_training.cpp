@@ -17,6 +17,7 @@
 #include "pipelines/stable_diffusion.h"
 #include "pipelines/trainer.h"
 #include "world/dataset.h"
+#include "world/render.h"
 
 namespace fs = std::filesystem;
 
@@ -52,6 +53,8 @@ void AdapterTrainOptions::validate() const {
     if (!(p >= 0 && p <= 1)) bad("condition dropout probabilities must be in [0, 1]");
   if (drop_text + drop_cond + drop_both > 1) bad("condition dropout probabilities sum to more than 1");
   if (checkpoint_every < 0 || log_every < 0) bad("--checkpoint-every and --log-every must be >= 0");
+  if (!(limb_weight >= 0) || !std::isfinite(limb_weight)) bad("--limb-weight must be >= 0");
+  if (limb_weight > 0 && kind != AdapterKind::Skeleton) bad("--limb-weight applies to sk-adapter training only");
 }
 
 namespace {
@@ -63,7 +66,24 @@ struct TrainSample {
   at::Tensor image_embeds;  // [D_img] (IP-Adapter)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
+  at::Tensor loss_weight;   // [1, h, w] (skeleton with a limb weight), else undefined
 };
+
+// [1, h, w]: 1 + weight where the pose map of `s` at the image's size draws a limb or joint in
+// the latent cell (max-pooled from pixels to the h x w latent grid).
+at::Tensor limb_loss_weight(const world::Skeleton& s, int image_size, int64_t h, int64_t w, double weight,
+                            c10::Device device) {
+  const Image map = world::render_skeleton_map(s, image_size);  // black background
+  at::Tensor drawn = at::from_blob(const_cast<uint8_t*>(map.pixels.data()), {map.height, map.width, map.channels},
+                                   at::kByte)
+                         .to(at::kFloat)
+                         .amax(2)
+                         .gt(0)
+                         .to(at::kFloat)
+                         .view({1, 1, map.height, map.width});
+  drawn = std::get<0>(at::adaptive_max_pool2d(drawn, {h, w}));  // any limb pixel in the cell
+  return (1.0 + weight * drawn).view({1, h, w}).to(device);
+}
 
 class AdapterTrainer {
  public:
@@ -181,6 +201,9 @@ class AdapterTrainer {
         s.style = std::find(styles_.begin(), styles_.end(), world::name(e.style)) - styles_.begin();
       } else {
         s.skeleton = skeleton_in_2d(*e.skeleton, nullptr, [this](const std::string& w) { note("warning: " + w); });
+        if (o_.limb_weight > 0)
+          s.loss_weight = limb_loss_weight(s.skeleton, img.width, s.latents.size(1), s.latents.size(2), o_.limb_weight,
+                                           model_.device);
       }
       samples_.push_back(std::move(s));
     }
@@ -267,7 +290,12 @@ class AdapterTrainer {
       }
     } detach{model_.unet};
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
-    return at::mse_loss(pred, prediction_target(prediction_, latents, noise, acp));
+    const at::Tensor target = prediction_target(prediction_, latents, noise, acp);
+    if (o_.limb_weight <= 0) return at::mse_loss(pred, target);
+    std::vector<at::Tensor> w;
+    for (int64_t b = 0; b < B; ++b) w.push_back(samples_[idx[b]].loss_weight);
+    const at::Tensor weight = at::stack(w);  // [B, 1, h, w], broadcast over channels
+    return ((pred - target).pow(2) * weight).mean() / weight.mean();
   }
 
   void attach(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
@@ -310,10 +338,12 @@ class AdapterTrainer {
 
   // The settings that change what a step computes: a resumed run must use the same ones.
   Json run_record() const {
-    return {{"kind", adapter_kind_name(o_.kind)}, {"batch", o_.batch},
+    Json j = {{"kind", adapter_kind_name(o_.kind)}, {"batch", o_.batch},
             {"resolution", o_.resolution},       {"max_images", o_.max_images},
             {"drop", {o_.drop_text, o_.drop_cond, o_.drop_both}},
             {"styles", styles_}};
+    if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
+    return j;
   }
 
   void check_resumable(const Json& saved) const {

@@ -58,6 +58,10 @@ struct AdapterTrainOptions {
   int resolution = 0;   // images resized to this square size (0: as stored)
   int max_images = 0;   // use at most this many dataset images (0: all)
   double drop_text = 0.05, drop_cond = 0.05, drop_both = 0.05;
+  // SK-Adapter only: latent positions under the stick figure's limbs (the pose map, pooled to
+  // the latent grid) weigh 1 + limb_weight in the loss. A figure's 1-2 pixel limbs are a few
+  // percent of the latent, so with a plain MSE the pose barely moves the loss.
+  double limb_weight = 0;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint

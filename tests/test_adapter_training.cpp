@@ -14,6 +14,7 @@
 #include "world/dataset.h"
 
 using namespace iris;
+using iris::testing_util::expect_error;
 using iris::testing_util::scratch;
 
 namespace {
@@ -183,6 +184,30 @@ TEST(AdapterTraining, BadOptionsAndData) {
   EXPECT_THROW(train_adapter(model, o, quiet()), Error);
   EXPECT_THROW(parse_adapter_kind("lora"), ConfigError);
   EXPECT_EQ(parse_adapter_kind("skeleton"), AdapterKind::Skeleton);
+  // The limb weight: skeleton training only, never negative.
+  o = options(AdapterKind::Style, scratch("bad-limb"), 2);
+  o.limb_weight = 4;
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "sk-adapter");
+  o = options(AdapterKind::Skeleton, scratch("bad-limb"), 2);
+  o.limb_weight = -1;
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "--limb-weight");
+}
+
+TEST(AdapterTraining, LimbWeightedSkeletonTrainingLowersItsLossAndResumesOnlyWithTheSameWeight) {
+  AdapterTrainOptions o = options(AdapterKind::Skeleton, scratch("limb"), 20);
+  o.limb_weight = 8;
+  const AdapterTrainResult r = train_adapter(tiny_model(), o, quiet());
+  EXPECT_LT(r.eval_loss_after, r.eval_loss_before);
+  // Differently weighted from the plain run: another loss, other weights.
+  const AdapterTrainResult plain = train_adapter(tiny_model(), options(AdapterKind::Skeleton, scratch("limb0"), 20), quiet());
+  EXPECT_NE(r.eval_loss_before, plain.eval_loss_before);
+  EXPECT_FALSE(same_tensors(file_tensors(scratch("limb") + "/sk-adapter.safetensors"),
+                            file_tensors(scratch("limb0") + "/sk-adapter.safetensors")));
+  AdapterTrainOptions again = o;
+  again.resume = true;
+  again.steps = 22;
+  again.limb_weight = 2;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, "limb_weight");
 }
 
 // ---- A new style from a folder of images (pipelines/style_training.h) ----------------------
