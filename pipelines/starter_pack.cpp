@@ -328,7 +328,7 @@ TrainReport train_starter_tokenizer(const StarterTrainOptions& o, int max_merges
 // Per-pixel L1 weights for the detail-weighted VAE loss. x: [B, 3, H, W] in [-1, 1] -> [B, 1, H, W]:
 // 1 + weight where a pixel differs from its 7x7 neighbourhood mean (an edge, a stripe, a limb),
 // grown by 2 pixels so that small shapes weigh in whole.
-at::Tensor vae_detail_weights(const at::Tensor& x, double weight) {
+static at::Tensor vae_detail_weights(const at::Tensor& x, double weight) {
   torch::NoGradGuard no_grad;
   const at::Tensor local_mean = at::avg_pool2d(x, {7, 7}, {1, 1}, {3, 3}, false, false);
   const at::Tensor detail = (x - local_mean).abs().sum(1, true);  // [B, 1, H, W]
@@ -356,7 +356,8 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
   }
   const c10::Device dev = select_device(o.device);
   vae->to(dev);
-  Trainer t(named_trainable_parameters(*vae), trainer_options(o, kVae, o.vae_decoder_only ? "vae-decoder" : o.vae_from_pack ? "vae-finetune" : "vae"));
+  const char* run_name = o.vae_decoder_only ? "vae-decoder" : o.vae_from_pack ? "vae-finetune" : "vae";
+  Trainer t(named_trainable_parameters(*vae), trainer_options(o, kVae, run_name));
   t.resume();
   const int64_t B = batch_of(o, kVae);
   const double kl_weight = 1e-5;
