@@ -225,12 +225,14 @@ void save_ip_adapter(IpAdapter& adapter, const std::string& path) {
       k = "ip_adapter." + std::to_string(2 * std::stol(m[1]) + 1) + "." + m[2].str() + ".weight";
     } else if (adapter->config().variant == IpVariant::Base) {
       if (starts_with(k, "image_proj.image_embeds.")) k = "image_proj.proj." + k.substr(24);
-    } else {
-      throw ConfigError(path + ": saving IP-Adapter Plus in the original layout is not supported yet");
     }
+    // Plus: the resampler keeps its diffusers-style names under image_proj. (latents, proj_in,
+    // layers.<j>.{ln0, ln1, attn.to_{q,k,v,out.0}, ff.*}, proj_out, norm_out), which the loader
+    // reads as they are next to the original layout's per-layer keys.
     out.emplace_back(k, kv.value());
   }
-  write_safetensors(path, out, {{"format", "pt"}, {"iris.ip_adapter", "base"}});
+  const bool plus = adapter->config().variant == IpVariant::Plus;
+  write_safetensors(path, out, {{"format", "pt"}, {"iris.ip_adapter", plus ? "plus" : "base"}});
 }
 
 std::vector<double> ip_layer_scales(const std::string& preset, double w, UNet2DCondition& unet) {

@@ -32,6 +32,9 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
   cmd->add_option("--drop-text", o->drop_text, "Probability of dropping the caption only")->capture_default_str();
   cmd->add_option("--drop-cond", o->drop_cond, "Probability of dropping the condition only")->capture_default_str();
   cmd->add_option("--drop-both", o->drop_both, "Probability of dropping both")->capture_default_str();
+  if (kind == AdapterKind::IpAdapter)
+    cmd->add_flag("--plus", o->ip_plus,
+                  "IP-Adapter Plus: a resampler over the image encoder's patch features (16 tokens)");
   if (kind == AdapterKind::Skeleton)
     cmd->add_option("--limb-weight", o->limb_weight,
                     "Extra loss weight on latent cells under the figure's limbs (0: plain MSE)")

@@ -55,6 +55,7 @@ void AdapterTrainOptions::validate() const {
   if (checkpoint_every < 0 || log_every < 0) bad("--checkpoint-every and --log-every must be >= 0");
   if (!(limb_weight >= 0) || !std::isfinite(limb_weight)) bad("--limb-weight must be >= 0");
   if (limb_weight > 0 && kind != AdapterKind::Skeleton) bad("--limb-weight applies to sk-adapter training only");
+  if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
 }
 
 namespace {
@@ -63,7 +64,7 @@ namespace {
 struct TrainSample {
   at::Tensor latents;       // [C, h, w] diffusion space
   at::Tensor text;          // [77, D] caption embedding
-  at::Tensor image_embeds;  // [D_img] (IP-Adapter)
+  at::Tensor image_embeds;  // [D_img] (IP-Adapter), [1 + N, D] penultimate patch features (Plus)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
   at::Tensor loss_weight;   // [1, h, w] (skeleton with a limb weight), else undefined
@@ -196,7 +197,13 @@ class AdapterTrainer {
         int h = 0, w = 0;
         std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
         const at::Tensor clip_in = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(model_.device);
-        s.image_embeds = model_.image_encoder->forward(clip_in).image_embeds[0];
+        if (o_.ip_plus) {
+          s.image_embeds = model_.image_encoder->hidden_state(clip_in, -2)[0];
+          // The unconditional input, as at inference: the features of an all-zero image.
+          if (!no_image_.defined()) no_image_ = model_.image_encoder->hidden_state(at::zeros_like(clip_in), -2)[0];
+        } else {
+          s.image_embeds = model_.image_encoder->forward(clip_in).image_embeds[0];
+        }
       } else if (o_.kind == AdapterKind::Style) {
         s.style = std::find(styles_.begin(), styles_.end(), world::name(e.style)) - styles_.begin();
       } else {
@@ -224,7 +231,15 @@ class AdapterTrainer {
     at::manual_seed(o_.seed);  // the initial weights depend on the seed only (resume, tests)
     if (o_.kind == AdapterKind::IpAdapter) {
       IpAdapterConfig c;
-      c.image_dim = samples_[0].image_embeds.size(0);
+      c.image_dim = samples_[0].image_embeds.size(-1);
+      if (o_.ip_plus) {  // a small resampler for a small UNet: width = the text width, 64-wide heads
+        c.variant = IpVariant::Plus;
+        c.tokens = 16;
+        c.hidden = unet->config().cross_attention_dim;
+        c.dim_head = 64;
+        c.heads = std::max<int64_t>(1, c.hidden / c.dim_head);
+        c.depth = 2;
+      }
       c.cross_dim = unet->config().cross_attention_dim;
       c.layer_dims = cross_attention_widths(unet, all_cross_attention_layers(unet));
       ip_ = IpAdapter(c);
@@ -304,7 +319,8 @@ class AdapterTrainer {
     if (o_.kind == AdapterKind::IpAdapter) {
       std::vector<at::Tensor> e;  // a dropped image is zero image embeds (the unconditional branch)
       for (int64_t b = 0; b < B; ++b)
-        e.push_back(rows[b] ? samples_[idx[b]].image_embeds : at::zeros_like(samples_[idx[b]].image_embeds));
+        e.push_back(rows[b] ? samples_[idx[b]].image_embeds
+                            : o_.ip_plus ? no_image_ : at::zeros_like(samples_[idx[b]].image_embeds));
       attach_ip_adapter(ip_, unet, ip_->image_tokens(at::stack(e)), 1.0, {}, {}, "ip_adapter.train");
     } else if (o_.kind == AdapterKind::Style) {
       std::vector<int64_t> which;
@@ -343,6 +359,7 @@ class AdapterTrainer {
             {"drop", {o_.drop_text, o_.drop_cond, o_.drop_both}},
             {"styles", styles_}};
     if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
+    if (o_.ip_plus) j["plus"] = true;
     return j;
   }
 
@@ -379,6 +396,7 @@ class AdapterTrainer {
   IpAdapter ip_{nullptr};
   StyleAdapter style_{nullptr};
   SkeletonAdapter sk_{nullptr};
+  at::Tensor no_image_;  // IP-Adapter Plus: the zero image's features (a dropped image prompt)
   std::shared_ptr<torch::nn::Module> module_;
   std::vector<std::pair<std::string, at::Tensor>> trainable_;
 };

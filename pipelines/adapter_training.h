@@ -62,6 +62,9 @@ struct AdapterTrainOptions {
   // the latent grid) weigh 1 + limb_weight in the loss. A figure's 1-2 pixel limbs are a few
   // percent of the latent, so with a plain MSE the pose barely moves the loss.
   double limb_weight = 0;
+  // IP-Adapter only: the Plus variant, a resampler over the image encoder's penultimate patch
+  // features (16 tokens) instead of one projected image embedding (4 tokens).
+  bool ip_plus = false;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint
