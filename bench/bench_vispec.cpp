@@ -8,6 +8,7 @@
 //   bench_vispec [--hidden 512 --layers 8 --vocab 8000 --train-steps 200]    random target
 //                [--prompts 4] [--prompt-len 32] [--tokens 64] [--chain 4]
 //                [--top-k 4] [--depth 3] [--total 12] [--threads 0] [--text-only] [--reps 1] [--no-tree]
+//                [--micro N]   per-call costs of a cycle's pieces, N calls each
 //
 // Random target: its weights are random, so a random draft would accept almost nothing. The
 // bench first trains the draft for --train-steps on the target's own answers to the bench

@@ -363,13 +363,7 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
   const double kl_weight = 1e-5;
   TrainReport r = run_trainer(t, o, [&](at::Generator& gen) {
     const at::Tensor x = data.pixels(sample_indices(data_seed(o, t), data.size(), B)).to(dev);  // [B, 3, 64, 64]
-    LatentDistribution d;
-    if (o.vae_decoder_only) {
-      torch::NoGradGuard frozen;
-      d = vae->encode(x);
-    } else {
-      d = vae->encode(x);
-    }
+    const LatentDistribution d = vae->encode(x);  // decoder only: no graph (nothing upstream needs grad)
     const at::Tensor rec = vae->decode(d.sample(gen));
     at::Tensor l1 = (rec - x).abs();  // [B, 3, H, W]
     if (o.vae_detail_weight > 0) {

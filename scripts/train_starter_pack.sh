@@ -51,6 +51,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   IMAGES=${IMAGES_SMOKE:-64}
   EVAL_N=${EVAL_N_SMOKE:-4}
   VAE_STEPS=${VAE_STEPS:-3} CLIP_STEPS=${CLIP_STEPS:-3} UNET_STEPS=${UNET_STEPS:-3}
+  VAE_FT_STEPS=${VAE_FT_STEPS:-3} UNET_CONTINUE=${UNET_CONTINUE:-"6:6"}
   IP_STEPS=${IP_STEPS:-3} STYLE_STEPS=${STYLE_STEPS:-3} SK_STEPS=${SK_STEPS:-3}
   ADAPTER_BATCH=${ADAPTER_BATCH:-4} ADAPTER_LOG_EVERY=1
   EXTRA=(--tiny --batch 8 --log-every 1)
@@ -73,10 +74,13 @@ mkdir -p "$WORK" "$OUT"
 # A stage redone invalidates the ones after it (called by `stage`).
 stage_finished() {
   case $1 in
-    data) invalidate tokenizer vae clip unet ip-adapter style sk-adapter ;;
-    tokenizer) invalidate clip unet ip-adapter style sk-adapter ;;
-    vae | clip) invalidate unet vae-finetune unet-continue ip-adapter style sk-adapter ;;
-    unet) invalidate vae-finetune unet-continue ip-adapter style sk-adapter ;;
+    data) invalidate tokenizer vae clip unet vae-finetune unet-continue ip-adapter style sk-adapter ;;
+    tokenizer) invalidate clip unet unet-continue ip-adapter style sk-adapter ;;
+    # The fine-tune starts from $OUT/vae, so only a redone VAE redoes it (a second fine-tune
+    # of the fine-tuned VAE would move the latent space again).
+    vae) invalidate unet vae-finetune unet-continue ip-adapter style sk-adapter ;;
+    clip) invalidate unet unet-continue ip-adapter style sk-adapter ;;
+    unet) invalidate unet-continue ip-adapter style sk-adapter ;;
     vae-finetune) invalidate unet-continue ip-adapter style sk-adapter ;;
     unet-continue) invalidate ip-adapter style sk-adapter ;;
   esac
@@ -134,18 +138,19 @@ stage clip $IRIS train clip --data "$WORK/data" --out "$OUT" --work "$WORK/clip"
 # --stop-at STOP`; the trainer is deterministic across resumes), so this reproduces the shipped
 # weights; a rerun after an interruption resumes inside the right segment.
 UNET_SCHEDULE=${UNET_SCHEDULE:-"4000:4000 13000:4250 10000:5500 11000:11000"}
-unet_stage() {
-  local unet=($IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED "${EXTRA[@]}")
-  if [ -n "${UNET_STEPS:-}" ]; then
-    "${unet[@]}" --steps "$UNET_STEPS"
-    return
-  fi
+# The UNet run in $WORK/unet, one `--steps TOTAL --stop-at STOP` call per TOTAL:STOP argument.
+unet_segments() {
   local seg
-  for seg in $UNET_SCHEDULE; do
-    "${unet[@]}" --steps "${seg%%:*}" --stop-at "${seg##*:}"
+  for seg in "$@"; do
+    $IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED "${EXTRA[@]}" \
+      --steps "${seg%%:*}" --stop-at "${seg##*:}"
   done
 }
-stage unet unet_stage
+if [ -n "${UNET_STEPS:-}" ]; then
+  stage unet unet_segments "$UNET_STEPS:$UNET_STEPS"
+else
+  stage unet unet_segments $UNET_SCHEDULE
+fi
 
 # The first VAE (plain L1) lost small shapes' colours and thin limbs: the analyzer read 44 % of
 # held-out renders' attributes back from its round trip (`iris eval diffusion --task vae`), a
@@ -153,19 +158,10 @@ stage unet unet_stage
 # reads 94 %. Its latent space moves with it, so the UNet trains on into the new latents from
 # where it was (its schedule retargeted to UNET_CONTINUE), and the adapters train after that.
 VAE_FT_STEPS=${VAE_FT_STEPS:-3000}
-[ "${SMOKE:-0}" = 1 ] && VAE_FT_STEPS=3
 stage vae-finetune $IRIS train vae --finetune --detail-weight 9 --data "$WORK/data" --out "$OUT" \
   --work "$WORK/vae-finetune" --seed $SEED --steps "$VAE_FT_STEPS" --lr 5e-4 --warmup 100 "${EXTRA[@]}"
 UNET_CONTINUE=${UNET_CONTINUE:-"17000:17000"}
-[ "${SMOKE:-0}" = 1 ] && UNET_CONTINUE="6:6"
-unet_continue_stage() {
-  local seg
-  for seg in $UNET_CONTINUE; do
-    $IRIS train unet --data "$WORK/data" --out "$OUT" --work "$WORK/unet" --seed $SEED "${EXTRA[@]}" \
-      --steps "${seg%%:*}" --stop-at "${seg##*:}"
-  done
-}
-stage unet-continue unet_continue_stage
+stage unet-continue unet_segments $UNET_CONTINUE
 
 stage ip-adapter ip_adapter_stage
 stage style style_stage

@@ -394,7 +394,7 @@ bool fast_path(const at::Tensor& x, const at::Tensor& w = {}) {
 
 // ---- matrix-vector products for a few rows (decode, small batches) ----
 //
-// y[m, n] = sum_k x[m, k] * w[n, k] for M <= 4 rows of x: every weight is read once per call,
+// y[m, n] = sum_k x[m, k] * w[n, k] for M <= kGemvRows (8) rows of x: every weight is read once per call,
 // which is what bounds decoding. An AVX2 kernel when the CPU has it (chosen at run time);
 // otherwise LibTorch's mv.
 
