@@ -65,6 +65,9 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_option("--aug-hidden", s.aug_hidden, "FtZ conv encoder width (0: 64, tiny 16)");
   cmd->add_option("--aug-layers", s.aug_layers, "FtZ conv encoder layers (0: 4, tiny 2)");
   cmd->add_option("--aug-patch", s.aug_patch, "FtZ conv encoder patch size (0: 8, tiny 16)");
+  cmd->add_flag("--aug-position", s.aug_position, "FtZ conv encoder with a learned position embedding per token");
+  cmd->add_flag("--augment-labels", t.augment_labels,
+                "FtZ augment stage also predicts each patch's colour, shape and size (dense labels)");
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

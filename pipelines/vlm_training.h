@@ -3,7 +3,8 @@
 // in stages, each resumable from its Trainer checkpoint in work_dir/<stage> and skipped once done:
 //
 //   augment   (FtZ only) the augmenting conv encoder + a linear patch decoder, trained to
-//             reconstruct the 64x64 render from the encoder's tokens (pixel-level perception)
+//             reconstruct the 64x64 render from the encoder's tokens (pixel-level perception);
+//             with augment_labels also linear heads reading each token's patch labels
 //   text      the LLaMA decoder alone, language modelling on Tinyworld text laid out like the
 //             VQA prompts with a scene description or caption where the image goes:
 //               <s> USER: {description}\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
@@ -48,6 +49,7 @@ struct VlmModelSizes {
   int64_t feature_layer = -2;  // LLaVA's vision_feature_layer (hidden_states index of the tower)
   // FtZ augmenting encoder (conv) and fusion.
   int64_t aug_hidden = 0, aug_layers = 0, aug_patch = 0, aug_groups = 0, ftz_heads = 0;
+  bool aug_position = false;  // the conv encoder's learned position embedding (ConvEncoderConfig)
   // Zero fields take the defaults for full-size or test-sized (`tiny`) models.
   VlmModelSizes resolve(bool tiny) const;
 };
@@ -69,6 +71,9 @@ struct VlmTrainOptions {
   bool tiny = false;           // test-sized models and batches
   bool ftz = false;            // FtZ: conv augmenting encoder + fusion
   bool train_vision = false;   // finetune also trains the vision tower (and the augmenting encoder)
+  // augment also predicts, per token, what its patch shows (colour, shape and size of the item
+  // covering most of it, from world::render_owner_map): dense labels, besides reconstruction.
+  bool augment_labels = false;
   VlmModelSizes sizes;
   VlmStageSchedule augment, text, align, finetune;
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)

@@ -23,10 +23,13 @@
 #   ENCODER=DIR    the CLIP vision encoder (default assets/starter/image_encoder)
 #   IRIS=PATH      the iris binary (default build/app/iris)
 #   FTZ=0          no FtZ augmenting encoder and fusion (the shipped VLM has them: default 1)
+#   AUG_LABELS=0   FtZ's conv encoder without a position embedding and dense patch labels
+#                  (--aug-position --augment-labels; default 1, as shipped)
+#   TRAIN_VISION=0 the fine-tune leaves the vision encoders frozen (default 1: --train-vision)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
-#                  VLM's 300 / 600 / 300 / 1500, so the command reproduces assets/starter/vlm)
+#                  VLM's 2000 / 600 / 300 / 2000, so the command reproduces assets/starter/vlm)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -54,10 +57,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EXTRA=(--tiny --log-every 1)
 else
   # The shipped VLM's schedule (iris train vlm's own defaults, 400/1000/1000/4000, train longer).
-  AUGMENT_STEPS=${AUGMENT_STEPS:-300} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
+  AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
 fi
-[ "${FTZ:-1}" = 1 ] && EXTRA+=(--ftz)
+if [ "${FTZ:-1}" = 1 ]; then
+  EXTRA+=(--ftz)
+  [ "${AUG_LABELS:-1}" = 1 ] && EXTRA+=(--aug-position --augment-labels)
+fi
+[ "${TRAIN_VISION:-1}" = 1 ] && EXTRA+=(--train-vision)
 [ -x "$IRIS" ] || { echo "error: $IRIS not found; build first (scripts/build.sh) or set IRIS=" >&2; exit 1; }
 [ -d "$ENCODER" ] || { echo "error: $ENCODER: no image encoder; run scripts/train_starter_pack.sh first or set ENCODER=" >&2; exit 1; }
 mkdir -p "$WORK" "$OUT"

@@ -309,6 +309,35 @@ TEST(Ftz, ZeroOutProjectionGivesTheAnchorOnlyPathBitForBit) {
   }
 }
 
+TEST(Ftz, ConvPositionEmbeddingTellsTokensApart) {
+  at::NoGradGuard no_grad;
+  ConvEncoderConfig c;
+  c.num_channels = 3, c.image_size = 16, c.patch_size = 4, c.hidden_size = 8, c.num_layers = 1, c.norm_groups = 2;
+  ConvVisionEncoder plain(c);
+  c.position_embedding = true;
+  ConvVisionEncoder with(c);
+  ASSERT_TRUE(with->position_embedding.defined());
+  EXPECT_EQ(with->position_embedding.sizes(), (std::vector<int64_t>{16, 8}));
+  with->stem->weight.copy_(plain->stem->weight);
+  with->stem->bias.copy_(plain->stem->bias);
+  const at::Tensor flat = at::full({1, 3, 16, 16}, 0.3);
+  // A uniform image: every stem token is the same without the embedding; with it they differ
+  // by exactly the embedding.
+  const at::Tensor a = plain->embed(flat), b = with->embed(flat);
+  EXPECT_TRUE(at::allclose(a[0][0], a[0][5]));
+  with->position_embedding.normal_(0.0, 1.0);
+  const at::Tensor b2 = with->embed(flat);
+  EXPECT_TRUE(at::allclose(b2 - with->position_embedding, a, 1e-6, 1e-6));
+  EXPECT_FALSE(at::allclose(b2[0][0], b2[0][5]));
+  EXPECT_TRUE(at::equal(b, a));  // initialised at zero: the plain encoder until trained
+  // The config key round-trips and must be a boolean.
+  Json j = {{"model_type", "conv"}, {"image_size", 16}, {"patch_size", 4}, {"hidden_size", 8}, {"norm_groups", 2},
+            {"position_embedding", true}};
+  EXPECT_TRUE(ConvEncoderConfig::from_json(j, "aug").position_embedding);
+  j["position_embedding"] = "yes";
+  expect_error<ConfigError>([&] { ConvEncoderConfig::from_json(j, "aug"); }, "position_embedding");
+}
+
 TEST(Ftz, ConfigErrors) {
   Json cfg = tiny_llava_spec(true).config;
   auto bad = [&](const Json& ftz, const std::string& msg) {

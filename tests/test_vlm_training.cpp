@@ -112,6 +112,35 @@ TEST(VlmTraining, TinyFtzRunWritesAFolderThatLoadsAndAnswers) {
   EXPECT_EQ(a.stats.prompt_tokens, a.stats.text_tokens - 1 + m.model->config().image_feature_tokens());
 }
 
+TEST(VlmTraining, AugmentWithPositionAndDenseLabelsTrainsAndShips) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.ftz = true;
+  o.sizes.aug_position = true;
+  o.augment_labels = true;
+  o.augment.steps = 30;
+  o.augment.batch = 4;
+  o.fixed_batch = true;
+  const VlmTrainReport r = train_vlm(o);
+  ASSERT_EQ(r.stages[0].name, "augment");
+  const std::vector<double>& l = r.stages[0].losses;
+  ASSERT_EQ(l.size(), 30u);
+  // Reconstruction + 0.1 x three cross-entropies: the label terms dominate at the start and
+  // fall on a fixed batch.
+  EXPECT_GT(l.front(), 0.1 * std::log(4.0));
+  EXPECT_LT(l.back(), 0.8 * l.front());
+  const Json cfg = read_json_file((root / "out/config.json").string());
+  EXPECT_TRUE(cfg["ftz"]["augmenting_encoder"]["position_embedding"].get<bool>());
+  const TensorStore store = TensorStore::open((root / "out/model.safetensors").string());
+  EXPECT_TRUE(store.contains("ftz.augmenting_encoder.position_embedding"));
+  // The label heads are training aids: not in the exported model.
+  for (const std::string& n : store.names()) EXPECT_EQ(n.find("_head"), std::string::npos) << n;
+  VqaModel m = VqaModel::load((root / "out").string());
+  VqaOptions vo;
+  vo.max_new_tokens = 2;
+  EXPECT_GE(ask(m, world::render_scene(world::sample_scene(2)), "What color is the circle?", vo).stats.generated_tokens, 1);
+}
+
 TEST(VlmTraining, FirstTurnIsTokenizedLikeVqaPromptIds) {
   const fs::path root = testing_util::scratch_dir();
   write_random_llava((root / "llava").string(), tiny_llava_spec());

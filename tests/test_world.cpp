@@ -200,6 +200,47 @@ TEST(WorldScene, RendersAreSquareRgbAtAnyResolution) {
   EXPECT_EQ(sc.object_attributes().correct, sc.object_attributes().total);
 }
 
+TEST(WorldScene, OwnerMapNamesWhatEachPixelShows) {
+  int objects_seen = 0, figures_seen = 0;
+  for (int i = 0; i < 40; ++i) {
+    Scene s = sample_scene(sample_seed(11, i));
+    s.style = Style::Flat;  // flat fills: an object's pixels are exactly its colour
+    const iris::Image img = render_scene(s);
+    const std::vector<int> owner = render_owner_map(s);
+    ASSERT_EQ(owner.size(), static_cast<size_t>(s.resolution * s.resolution));
+    const int figure = static_cast<int>(s.objects.size());
+    for (int y = 0; y < s.resolution; ++y)
+      for (int x = 0; x < s.resolution; ++x) {
+        const int w = owner[static_cast<size_t>(y) * s.resolution + x];
+        const uint8_t* p = &img.pixels[(static_cast<size_t>(y) * s.resolution + x) * 3];
+        const Rgb got{p[0], p[1], p[2]};
+        SCOPED_TRACE("scene " + std::to_string(i) + " pixel " + std::to_string(x) + "," + std::to_string(y));
+        ASSERT_GE(w, -1);
+        ASSERT_LE(w, figure);
+        if (w == -1) {
+          const Rgb bg = background_rgb(s.background, (y + 0.5) / s.resolution);
+          EXPECT_TRUE(got.r == bg.r && got.g == bg.g && got.b == bg.b);
+        } else if (w < figure) {
+          const Rgb c = color_rgb(s.objects[static_cast<size_t>(w)].color);
+          EXPECT_TRUE(got.r == c.r && got.g == c.g && got.b == c.b);
+          ++objects_seen;
+        } else {
+          ASSERT_TRUE(s.figure.has_value());
+          ++figures_seen;
+        }
+      }
+  }
+  EXPECT_GT(objects_seen, 1000);
+  EXPECT_GT(figures_seen, 50);
+  // Pixelated renders: the map follows the block sampling.
+  Scene s = sample_scene(sample_seed(11, 1));
+  s.style = Style::Pixelated;
+  const std::vector<int> owner = render_owner_map(s);
+  for (int y = 0; y < s.resolution; y += 2)
+    for (int x = 0; x < s.resolution; x += 2)
+      EXPECT_EQ(owner[static_cast<size_t>(y) * s.resolution + x], owner[static_cast<size_t>(y + 1) * s.resolution + x + 1]);
+}
+
 // ---- Analyzer ----------------------------------------------------------------------------------
 
 TEST(WorldAnalyzer, ReadsItsOwnRendersAtLeast99PercentPerAttribute) {
@@ -554,7 +595,7 @@ TEST(WorldCaptions, QuestionsHaveAnswersFromTheScene) {
         // POPE negatives name an absent object, positives a present one.
         EXPECT_EQ(q.answer, q.pope == "positive" ? "yes" : "no");
       }
-      if (q.kind == "count" && q.question == "How many objects are there?") {
+      if (q.template_id.rfind("q.count.objects", 0) == 0) {  // the group and its paraphrases
         EXPECT_EQ(q.answer, count_word(static_cast<int>(s.objects.size())));
       }
       if (q.kind == "style") {
@@ -569,6 +610,34 @@ TEST(WorldCaptions, QuestionsHaveAnswersFromTheScene) {
                         "figure", "describe"})
     EXPECT_GT(kinds[k], 0) << k;
   for (const char* k : {"positive", "random", "popular", "adversarial"}) EXPECT_GT(pope[k], 100) << k;
+}
+
+TEST(WorldCaptions, TrainingDrawsManyPhrasingsPerKindAndNeverAHeldOutOne) {
+  std::map<std::string, std::set<std::string>> phrasings;  // kind -> template ids drawn
+  std::set<std::string> held_out_ids;
+  for (const auto& t : all_templates())
+    if (t.held_out) held_out_ids.insert(t.id);
+  for (int i = 0; i < 400; ++i) {
+    const Scene s = sample_scene(sample_seed(7, i));
+    Rng rng(s.seed);
+    QuestionOptions qo;
+    qo.split = Split::Train;
+    for (const auto& q : make_questions(s, rng, qo)) {
+      EXPECT_FALSE(q.held_out_template) << q.question;
+      EXPECT_EQ(held_out_ids.count(q.template_id), 0u) << q.template_id;
+      phrasings[q.kind].insert(q.template_id);
+    }
+  }
+  for (const char* k : {"color", "shape", "size", "position", "exists", "style", "background"})
+    EXPECT_GE(phrasings[k].size(), 5u) << k;
+  EXPECT_GE(phrasings["count"].size(), 10u);
+  EXPECT_GE(phrasings["figure"].size(), 10u);
+  // A held-out phrasing's text is never a training phrasing's text.
+  std::set<std::string> train_text;
+  for (const auto& t : all_templates())
+    if (!t.held_out) train_text.insert(t.text);
+  for (const auto& t : all_templates())
+    if (t.held_out) EXPECT_EQ(train_text.count(t.text), 0u) << t.id;
 }
 
 // ---- Dataset -----------------------------------------------------------------------------------

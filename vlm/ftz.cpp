@@ -58,6 +58,10 @@ ConvEncoderConfig ConvEncoderConfig::from_json(const Json& j, const std::string&
   c.hidden_size = json_int(j, "hidden_size", c.hidden_size, what);
   c.num_layers = json_int(j, "num_layers", c.num_layers, what);
   c.norm_groups = json_int(j, "norm_groups", c.norm_groups, what);
+  if (auto it = j.find("position_embedding"); it != j.end()) {
+    if (!it->is_boolean()) throw ConfigError(join_context(what, "key \"position_embedding\" must be true or false"));
+    c.position_embedding = it->get<bool>();
+  }
   c.validate(what);
   return c;
 }
@@ -81,6 +85,10 @@ ConvVisionEncoderImpl::ConvVisionEncoderImpl(const ConvEncoderConfig& cfg) : cfg
   cfg_.validate("conv encoder config");
   stem = register_module("stem", torch::nn::Conv2d(torch::nn::Conv2dOptions(cfg.num_channels, cfg.hidden_size,
                                                                             cfg.patch_size).stride(cfg.patch_size)));
+  if (cfg.position_embedding) {
+    const int64_t g = cfg.image_size / cfg.patch_size;
+    position_embedding = register_parameter("position_embedding", at::zeros({g * g, cfg.hidden_size}));
+  }
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
     auto block = std::make_shared<torch::nn::Module>();
@@ -99,7 +107,15 @@ at::Tensor ConvVisionEncoderImpl::embed(const at::Tensor& pixel_values) {
     throw ShapeError("conv encoder: pixel_values must be [B, " + str(cfg_.num_channels) +
                      ", H, W] with H and W multiples of " + str(cfg_.patch_size));
   at::Tensor f = stem(pixel_values.to(w.device(), w.scalar_type()));  // [B, D, g, g]
-  return f.flatten(2).transpose(1, 2).contiguous();                  // [B, g*g, D]
+  at::Tensor tokens = f.flatten(2).transpose(1, 2);                    // [B, g*g, D]
+  if (position_embedding.defined()) {
+    if (tokens.size(1) != position_embedding.size(0))
+      throw ShapeError("conv encoder: " + str(pixel_values.size(3)) + "x" + str(pixel_values.size(2)) +
+                       " pixels give " + str(tokens.size(1)) + " tokens, the position embedding has " +
+                       str(position_embedding.size(0)) + " (image_size " + str(cfg_.image_size) + ")");
+    tokens = tokens + position_embedding;
+  }
+  return tokens.contiguous();
 }
 
 at::Tensor ConvVisionEncoderImpl::layer(int64_t i, const at::Tensor& x) {

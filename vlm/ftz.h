@@ -16,13 +16,15 @@
 //   "ftz": {
 //     "augmenting_encoder": {"model_type": "clip_vision_model", <CLIPVisionConfig keys>}
 //                         | {"model_type": "conv", "num_channels": 3, "image_size": 32,
-//                            "patch_size": 4, "hidden_size": 48, "num_layers": 4, "norm_groups": 8},
+//                            "patch_size": 4, "hidden_size": 48, "num_layers": 4, "norm_groups": 8,
+//                            "position_embedding": false},
 //     "pairs": [[3, 6], [6, 12], ...],   // (anchor depth, augmenting depth)
 //     "heads": 8                         // divides the anchor width
 //   }
 // Parameter names (under "ftz." in a LLaVA checkpoint):
 //   augmenting_encoder.vision_model.*             (CLIP-style ViT, transformers names)
 //   augmenting_encoder.{stem, layers.<l>.{norm, conv}}.*   (conv encoder)
+//   augmenting_encoder.position_embedding          [g*g, D]  (conv, "position_embedding": true)
 //   fusions.<k>.proj.{weight, bias}                [Da, Dg] / [Da]
 //   fusions.<k>.attn.{in_proj_weight, in_proj_bias} [3 Da, Da] / [3 Da]   (torch MultiheadAttention)
 //   fusions.<k>.attn.out_proj.{weight, bias}        [Da, Da] / [Da]
@@ -89,6 +91,10 @@ struct ConvEncoderConfig {
   int64_t hidden_size = 256;
   int64_t num_layers = 4;
   int64_t norm_groups = 8;
+  // A learned embedding per token position, added after the stem ("position_embedding" [g*g, D],
+  // g = image_size / patch_size). Convolutions alone barely know where a token is, and FtZ's
+  // cross-attention can then only match anchor and augmenting tokens by content.
+  bool position_embedding = false;
   static ConvEncoderConfig from_json(const Json& j, const std::string& what);
   void validate(const std::string& what) const;
 };
@@ -104,6 +110,7 @@ class ConvVisionEncoderImpl : public torch::nn::Module, public LayeredVisionEnco
 
   torch::nn::Conv2d stem{nullptr};
   torch::nn::ModuleList layers{nullptr};  // layers.<i>.norm (GroupNorm), layers.<i>.conv (3x3)
+  at::Tensor position_embedding;          // [g*g, D], defined with cfg.position_embedding
 
  private:
   ConvEncoderConfig cfg_;

@@ -25,40 +25,107 @@ const std::vector<TemplateInfo>& templates() {
       {"cap.on_bg", "caption", "{list} on a {bg} background", false},
       {"cap.image_with", "caption", "an image with {list}", true},
       {"cap.bg_with", "caption", "a {bg} background with {list}", true},
-      // Questions.
+      // Questions. Each kind has several training phrasings (a model trained on two per kind
+      // maps an unseen phrasing to the nearest seen one by surface words, and answers another
+      // kind); the held-out ones are never drawn for training. An id "group~n" is a paraphrase
+      // of "group": make_questions' `allowed` lists name groups.
       {"q.color.what", "color", "What color is the {ref}?", false},
       {"q.color.which", "color", "Which color does the {ref} have?", false},
+      {"q.color.what~1", "color", "What is the color of the {ref}?", false},
+      {"q.color.what~2", "color", "Which color is the {ref}?", false},
+      {"q.color.what~3", "color", "Name the color of the {ref}.", false},
+      {"q.color.what~4", "color", "What color does the {ref} have?", false},
+      {"q.color.what~5", "color", "The {ref} is which color?", false},
       {"q.color.tell", "color", "Tell me the color of the {ref}.", true},
       {"q.shape.what", "shape", "What shape is the {ref}?", false},
       {"q.shape.kind", "shape", "What kind of shape is the {ref}?", false},
+      {"q.shape.what~1", "shape", "What is the shape of the {ref}?", false},
+      {"q.shape.what~2", "shape", "Name the shape of the {ref}.", false},
+      {"q.shape.what~3", "shape", "Which shape is the {ref}?", false},
+      {"q.shape.what~4", "shape", "What sort of shape does the {ref} have?", false},
       {"q.shape.which", "shape", "Which shape does the {ref} have?", true},
       {"q.size.what", "size", "What size is the {ref}?", false},
+      {"q.size.what~1", "size", "What is the size of the {ref}?", false},
+      {"q.size.what~2", "size", "Is the {ref} small, medium or large?", false},
+      {"q.size.what~3", "size", "How large is the {ref}?", false},
+      {"q.size.what~4", "size", "Name the size of the {ref}.", false},
       {"q.size.how", "size", "How big is the {ref}?", true},
       {"q.count.objects", "count", "How many objects are there?", false},
+      {"q.count.objects~1", "count", "How many objects are in the picture?", false},
+      {"q.count.objects~2", "count", "How many objects can you see?", false},
+      {"q.count.objects~3", "count", "What is the number of objects?", false},
+      {"q.count.objects~4", "count", "Count the objects.", false},
       {"q.count.shapes", "count", "How many {shapes} are there?", false},
+      {"q.count.shapes~1", "count", "How many {shapes} are in the picture?", false},
+      {"q.count.shapes~2", "count", "How many {shapes} can you see?", false},
+      {"q.count.shapes~3", "count", "What is the number of {shapes}?", false},
+      {"q.count.shapes~4", "count", "Tell me how many {shapes} there are.", false},
       {"q.count.colors", "count", "How many {color} objects are in the image?", false},
+      {"q.count.colors~1", "count", "How many {color} objects are there?", false},
+      {"q.count.colors~2", "count", "How many objects are {color}?", false},
+      {"q.count.colors~3", "count", "Count the {color} objects.", false},
       {"q.count.ho", "count", "Count the {shapes} in the image.", true},
       {"q.position.where", "position", "Where is the {ref}?", false},
       {"q.position.part", "position", "In which part of the image is the {ref}?", false},
+      {"q.position.where~1", "position", "Where is the {ref} in the image?", false},
+      {"q.position.where~2", "position", "Where can you see the {ref}?", false},
+      {"q.position.where~3", "position", "What is the position of the {ref}?", false},
+      {"q.position.where~4", "position", "Where does the {ref} appear?", false},
+      {"q.position.where~5", "position", "In what part of the picture is the {ref}?", false},
       {"q.position.located", "position", "Where in the picture is the {ref} located?", true},
       {"q.relation.what", "relation", "What is {rel} the {ref}?", false},
+      {"q.relation.what~1", "relation", "What can you see {rel} the {ref}?", false},
+      {"q.relation.what~2", "relation", "What do you find {rel} the {ref}?", false},
+      {"q.relation.what~3", "relation", "Name what is {rel} the {ref}.", false},
       {"q.relation.yesno", "relation", "Is the {a} {rel} the {b}?", false},
+      {"q.relation.yesno~1", "relation", "Is the {a} placed {rel} the {b}?", false},
+      {"q.relation.yesno~2", "relation", "Does the {a} appear {rel} the {b}?", false},
       {"q.relation.which", "relation", "Which objects are {rel} the {ref}?", true},
       {"q.exists.in_image", "exists", "Is there a {color} {shape} in the image?", false},
       {"q.exists.short", "exists", "Is there a {color} {shape}?", false},
+      {"q.exists.short~1", "exists", "Do you see a {color} {shape}?", false},
+      {"q.exists.short~2", "exists", "Can you see a {color} {shape} in the picture?", false},
+      {"q.exists.short~3", "exists", "Is a {color} {shape} in the image?", false},
+      {"q.exists.short~4", "exists", "Does the picture show a {color} {shape}?", false},
+      {"q.exists.short~5", "exists", "Is there any {color} {shape} in the scene?", false},
+      {"q.exists.short~6", "exists", "Has the image got a {color} {shape}?", false},
       {"q.exists.contain", "exists", "Does the image contain a {color} {shape}?", true},
       {"q.style.what", "style", "What style is the image drawn in?", false},
+      {"q.style.what~1", "style", "In which style is the image drawn?", false},
+      {"q.style.what~2", "style", "What is the drawing style?", false},
+      {"q.style.what~3", "style", "How is the picture drawn?", false},
+      {"q.style.what~4", "style", "What style does the picture have?", false},
       {"q.style.which", "style", "Which drawing style does this image use?", true},
       {"q.background.what", "background", "What is the background?", false},
+      {"q.background.what~1", "background", "Which background does the picture have?", false},
+      {"q.background.what~2", "background", "What does the background look like?", false},
+      {"q.background.what~3", "background", "Name the background of the image.", false},
+      {"q.background.what~4", "background", "What is behind the objects?", false},
       {"q.background.kind", "background", "What kind of background does the image have?", true},
       {"q.figure.present", "figure", "Is there a stick figure in the image?", false},
+      {"q.figure.present~1", "figure", "Do you see a stick figure?", false},
+      {"q.figure.present~2", "figure", "Is a stick figure in the picture?", false},
+      {"q.figure.present~3", "figure", "Does the image show a stick figure?", false},
       {"q.figure.arm", "figure", "Which arm is the stick figure raising?", false},
+      {"q.figure.arm~1", "figure", "Which arm does the stick figure raise?", false},
+      {"q.figure.arm~2", "figure", "Which arm of the stick figure is up?", false},
+      {"q.figure.arm~3", "figure", "Which of the stick figure's arms is raised?", false},
       {"q.figure.color", "figure", "What color is the stick figure?", false},
+      {"q.figure.color~1", "figure", "Which color does the stick figure have?", false},
+      {"q.figure.color~2", "figure", "What is the color of the stick figure?", false},
       {"q.figure.legs", "figure", "Are the stick figure's legs apart?", false},
+      {"q.figure.legs~1", "figure", "Does the stick figure stand with its legs apart?", false},
+      {"q.figure.legs~2", "figure", "Are the legs of the stick figure apart?", false},
       {"q.figure.side", "figure", "On which side is the stick figure?", false},
+      {"q.figure.side~1", "figure", "On which side of the image is the stick figure?", false},
+      {"q.figure.side~2", "figure", "Which side is the stick figure on?", false},
       {"q.figure.arm_ho", "figure", "Which of its arms does the stick figure hold up?", true},
       {"q.describe.plain", "describe", "Describe the image.", false},
       {"q.describe.detail", "describe", "Describe the image in detail.", false},
+      {"q.describe.plain~1", "describe", "Describe this picture.", false},
+      {"q.describe.plain~2", "describe", "Tell me about the image.", false},
+      {"q.describe.plain~3", "describe", "What is in the picture?", false},
+      {"q.describe.plain~4", "describe", "Give a description of the image.", false},
       {"q.describe.show", "describe", "What does this image show?", true},
       // Long descriptions (the answer side of "describe").
       {"desc.shows", "description", "The image shows ...", false},
@@ -68,6 +135,9 @@ const std::vector<TemplateInfo>& templates() {
   return t;
 }
 
+// "q.color.what~2" -> "q.color.what": paraphrases belong to the group they paraphrase.
+std::string template_group(const std::string& id) { return id.substr(0, id.find('~')); }
+
 // Picks a template of `kind` among those with ids in `allowed` (all when empty), honouring
 // the split: training scenes never see held-out templates.
 const TemplateInfo& pick_template(const std::string& kind, Rng& rng, Split split, double held_out_probability,
@@ -75,7 +145,9 @@ const TemplateInfo& pick_template(const std::string& kind, Rng& rng, Split split
   std::vector<const TemplateInfo*> train, held;
   for (const auto& t : templates()) {
     if (t.kind != kind) continue;
-    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), t.id) == allowed.end()) continue;
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), template_group(t.id)) == allowed.end() &&
+        std::find(allowed.begin(), allowed.end(), t.id) == allowed.end())
+      continue;
     (t.held_out ? held : train).push_back(&t);
   }
   // Draw the coin even when unused so a scene's stream does not depend on the split.

@@ -56,6 +56,37 @@ struct Painter {
     return color_rgb(c);
   }
 
+  // What is drawn at continuous point (px, py), before styling: -1 the background, k < number
+  // of objects object k, the number of objects the stick figure (later items paint over
+  // earlier ones, as in at()).
+  int owner(double px, double py) const {
+    int who = -1;
+    for (size_t k = 0; k < scene.objects.size(); ++k) {
+      const ObjectGeometry g = object_geometry(scene.objects[k], res);
+      if (std::fabs(px - g.cx) > g.half + 1 || std::fabs(py - g.cy) > g.half + 1) continue;
+      if (shape_sdf(scene.objects[k].shape, px - g.cx, py - g.cy, g.half) <= 0) who = static_cast<int>(k);
+    }
+    if (scene.figure) {
+      const Skeleton& sk = scene.figure->skeleton;
+      const double hw = limb_half_width(res);
+      const int figure = static_cast<int>(scene.objects.size());
+      for (const auto& [ia, ib] : sk.edges) {
+        const Joint& a = sk.joints[ia];
+        const Joint& b = sk.joints[ib];
+        if (a.confidence > 0 && b.confidence > 0 &&
+            segment_dist2(px, py, a.x * res, a.y * res, b.x * res, b.y * res) <= hw * hw)
+          who = figure;
+      }
+      const int head = sk.find("head");
+      if (head >= 0 && sk.joints[head].confidence > 0) {
+        const double r = head_radius(scene.figure->height) * res;
+        const double dx = px - sk.joints[head].x * res, dy = py - sk.joints[head].y * res;
+        if (dx * dx + dy * dy <= r * r) who = figure;
+      }
+    }
+    return who;
+  }
+
   // Colour at continuous point (px, py); (x, y) is the pixel it lands in (for stripes).
   Rgb at(double px, double py, int x, int y) const {
     Rgb c = background_rgb(scene.background, (y + 0.5) / res);
@@ -121,6 +152,22 @@ Image render_scene(const Scene& s) {
       for (int x = 0; x < res; ++x) put(img, x, y, painter.at(x + 0.5, y + 0.5, x, y));
   }
   return img;
+}
+
+std::vector<int> render_owner_map(const Scene& s) {
+  check_resolution(s.resolution);
+  const int res = s.resolution;
+  Painter painter{s, style_metrics(res), res};
+  std::vector<int> map(static_cast<size_t>(res) * res);
+  const bool blocks = s.style == Style::Pixelated;
+  const int b = painter.m.block;
+  for (int y = 0; y < res; ++y)
+    for (int x = 0; x < res; ++x) {
+      // Pixelated renders sample one point per block (render_scene), so the map does too.
+      const double px = blocks ? (x / b) * b + 0.5 * b : x + 0.5, py = blocks ? (y / b) * b + 0.5 * b : y + 0.5;
+      map[static_cast<size_t>(y) * res + x] = painter.owner(px, py);
+    }
+  return map;
 }
 
 Image render_skeleton_map(const Skeleton& s, int resolution) {

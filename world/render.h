@@ -12,6 +12,8 @@
 // The stick figure: limbs drawn as round-capped lines in their limb colours (vocab.h), then
 // the head as a plain disc in the figure's colour (no outline or stripes: at ~6 px across
 // they would hide its colour; pixelation applies to the whole image).
+#include <vector>
+
 #include "core/image.h"
 #include "world/scene.h"
 
@@ -28,6 +30,11 @@ StyleMetrics style_metrics(int resolution);
 // Renders a square resolution x resolution RGB image. Throws ConfigError for a resolution
 // below 16 or above 4096.
 Image render_scene(const Scene& s);
+
+// Which item each pixel of render_scene(s) shows, row-major: -1 the background, k object k,
+// s.objects.size() the stick figure (limbs and head). Dense labels for training perception
+// (e.g. the VLM's FtZ augmenting encoder). Throws as render_scene.
+std::vector<int> render_owner_map(const Scene& s);
 
 // An OpenPose-style pose map of any skeleton (2D, or projected with project_to_2d first):
 // black background, each edge in limb_rgb(edge index), joints as small white dots; joints
