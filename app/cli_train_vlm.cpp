@@ -68,6 +68,10 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_flag("--aug-position", s.aug_position, "FtZ conv encoder with a learned position embedding per token");
   cmd->add_flag("--augment-labels", t.augment_labels,
                 "FtZ augment stage also predicts each patch's colour, shape and size (dense labels)");
+  cmd->add_option("--finetune-labels", t.finetune_labels,
+                  "With --train-vision: weight of dense patch labels (colour, shape, size) read from the vision features "
+                  "during the fine-tune (0: off)")
+      ->capture_default_str();
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -387,6 +388,79 @@ std::string decode_for_log(const VlmVocab& v, const std::vector<int64_t>& ids) {
   return out;
 }
 
+// Dense patch labels: per token of a grid x grid patch map, the colour / shape / size class of
+// the item covering most of its patch (world::render_owner_map). Class 0 is the background;
+// the stick figure is its own colour and shape class and has no size (-100: ignored). An item
+// counts when it covers at least 1/16 of the patch (small shapes and thin limbs straddle
+// patches). Targets [B * grid * grid] each.
+std::array<at::Tensor, 3> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid) {
+  const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());
+  const int64_t n_shapes = static_cast<int64_t>(world::all_shapes().size());
+  std::vector<int64_t> color, shape, size;
+  for (const world::Scene& scene : scenes) {
+    const int res = scene.resolution;
+    if (grid <= 0 || res % grid != 0)
+      throw ConfigError("VLM training: " + str(res) + "-pixel scenes do not split into " + str(grid) + "x" + str(grid) +
+                        " patches");
+    const int cell = res / static_cast<int>(grid);
+    const std::vector<int> owner = world::render_owner_map(scene);
+    const int items = static_cast<int>(scene.objects.size()) + 1;
+    for (int gy = 0; gy < grid; ++gy)
+      for (int gx = 0; gx < grid; ++gx) {
+        std::vector<int> count(static_cast<size_t>(items), 0);
+        for (int y = gy * cell; y < (gy + 1) * cell; ++y)
+          for (int x = gx * cell; x < (gx + 1) * cell; ++x) {
+            const int w = owner[static_cast<size_t>(y) * res + x];
+            if (w >= 0) ++count[static_cast<size_t>(w)];
+          }
+        const auto best = std::max_element(count.begin(), count.end());
+        const int who = *best * 16 >= cell * cell ? static_cast<int>(best - count.begin()) : -1;
+        if (who < 0) {
+          color.push_back(0), shape.push_back(0), size.push_back(0);
+        } else if (who == items - 1) {
+          color.push_back(n_colors + 1), shape.push_back(n_shapes + 1), size.push_back(-100);
+        } else {
+          const world::Object& ob = scene.objects[static_cast<size_t>(who)];
+          color.push_back(1 + static_cast<int64_t>(ob.color));
+          shape.push_back(1 + static_cast<int64_t>(ob.shape));
+          size.push_back(1 + static_cast<int64_t>(ob.size));
+        }
+      }
+  }
+  auto t = [](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong); };
+  return {t(color), t(shape), t(size)};
+}
+
+// Linear read-outs of the patch labels from tokens of width `dim` (training aids, never
+// exported).
+struct PatchLabelHeads {
+  torch::nn::Linear color{nullptr}, shape{nullptr}, size{nullptr};
+  PatchLabelHeads(int64_t dim, uint64_t seed) {
+    color = torch::nn::Linear(dim, static_cast<int64_t>(world::all_colors().size()) + 2);
+    shape = torch::nn::Linear(dim, static_cast<int64_t>(world::all_shapes().size()) + 2);
+    size = torch::nn::Linear(dim, static_cast<int64_t>(world::all_sizes().size()) + 1);
+    at::NoGradGuard no_grad;
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    for (auto* h : {&color, &shape, &size}) {
+      (*h)->weight.normal_(0.0, 0.02, gen);
+      (*h)->bias.zero_();
+    }
+  }
+  NamedTensors parameters(const std::string& prefix) {
+    NamedTensors out;
+    for (auto& p : named_trainable_parameters(*color, prefix + "color_head.")) out.push_back(p);
+    for (auto& p : named_trainable_parameters(*shape, prefix + "shape_head.")) out.push_back(p);
+    for (auto& p : named_trainable_parameters(*size, prefix + "size_head.")) out.push_back(p);
+    return out;
+  }
+  // tokens [B, N, D] -> the summed cross-entropies of the three labels.
+  at::Tensor loss(const at::Tensor& tokens, const std::array<at::Tensor, 3>& labels) {
+    const at::Tensor flat = tokens.reshape({-1, tokens.size(2)}).to(at::kFloat);  // [B * N, D]
+    return at::cross_entropy_loss(color(flat), labels[0]) + at::cross_entropy_loss(shape(flat), labels[1]) +
+           at::cross_entropy_loss(size(flat), labels[2]);  // the figure's -100: ignored
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Stages
 
@@ -476,6 +550,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
           {"describe_probability", o.describe_probability},
           {"train_vision", o.train_vision},
           {"augment_labels", o.augment_labels},
+          {"finetune_labels", o.finetune_labels},
           {"finetune_ema", o.finetune_ema},
           {"text_batch", text.batch},
           {"batch", vision.batch},
@@ -530,6 +605,9 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   if (o.max_text_tokens <= 0) o.max_text_tokens = o.tiny ? 64 : 192;
   if (o.describe_probability < 0 || o.describe_probability > 1)
     throw ConfigError("VLM training: describe_probability must be in [0, 1]");
+  if (o.finetune_labels < 0 || (o.finetune_labels > 0 && !o.train_vision))
+    throw ConfigError("VLM training: finetune_labels (" + std::to_string(o.finetune_labels) +
+                      ") must be >= 0, and > 0 only with train_vision (frozen features cannot learn them)");
 
   // Inputs first: a missing encoder or tokenizer fails before any work.
   if (o.encoder_dir.empty()) throw ConfigError("VLM training: no vision encoder folder given");
@@ -604,9 +682,10 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     return pixels;
   };
   // Sequences of one step: images with their questions (vision) or contexts (text).
-  auto vision_batch = [&](uint64_t seed, int64_t B) {
+  auto vision_batch = [&](uint64_t seed, int64_t B, std::vector<world::Scene>* scenes_out = nullptr) {
     std::vector<world::Scene> sc;
     const at::Tensor pixels = image_batch(seed, B, &sc);
+    if (scenes_out) *scenes_out = sc;
     std::vector<VlmSequence> seqs;
     for (int64_t b = 0; b < B; ++b) {
       world::Rng rng(world::hash_combine(seed ^ 0x9e57ull, static_cast<uint64_t>(b)));
@@ -649,79 +728,20 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     set_trainable(aug, true);
     NamedTensors params = named_trainable_parameters(aug, "encoder.");
     for (auto& p : named_trainable_parameters(*head, "head.")) params.push_back(p);
-    // Dense labels (augment_labels): per token, the colour / shape / size class of the item
-    // covering most of its patch (class 0: background; the stick figure is its own colour and
-    // shape class, without a size).
-    const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());
-    const int64_t n_shapes = static_cast<int64_t>(world::all_shapes().size());
-    const int64_t n_sizes = static_cast<int64_t>(world::all_sizes().size());
-    torch::nn::Linear color_head{nullptr}, shape_head{nullptr}, size_head{nullptr};
+    std::optional<PatchLabelHeads> label_heads;
     if (o.augment_labels) {
-      color_head = torch::nn::Linear(sizes.aug_hidden, n_colors + 2);
-      shape_head = torch::nn::Linear(sizes.aug_hidden, n_shapes + 2);
-      size_head = torch::nn::Linear(sizes.aug_hidden, n_sizes + 1);
-      at::NoGradGuard no_grad;
-      at::Generator gen = at::detail::createCPUGenerator(stage_seed(101));
-      for (auto* h : {&color_head, &shape_head, &size_head}) {
-        (*h)->weight.normal_(0.0, 0.02, gen);
-        (*h)->bias.zero_();
-      }
-      for (auto& p : named_trainable_parameters(*color_head, "color_head.")) params.push_back(p);
-      for (auto& p : named_trainable_parameters(*shape_head, "shape_head.")) params.push_back(p);
-      for (auto& p : named_trainable_parameters(*size_head, "size_head.")) params.push_back(p);
+      label_heads.emplace(sizes.aug_hidden, stage_seed(101));
+      for (auto& p : label_heads->parameters("")) params.push_back(p);
     }
     const int64_t grid = cfg.vision.image_size / P;
-    auto patch_labels = [&](const std::vector<world::Scene>& sc) {
-      std::vector<int64_t> color, shape, size;  // [B * grid * grid] each
-      for (const world::Scene& scene : sc) {
-        const int res = scene.resolution;
-        if (res % grid != 0)
-          throw ConfigError("VLM training: " + str(res) + "-pixel scenes do not split into " + str(grid) + "x" + str(grid) +
-                            " augmenting-encoder patches");
-        const int cell = res / static_cast<int>(grid);
-        const std::vector<int> owner = world::render_owner_map(scene);
-        const int items = static_cast<int>(scene.objects.size()) + 1;
-        for (int gy = 0; gy < grid; ++gy)
-          for (int gx = 0; gx < grid; ++gx) {
-            std::vector<int> count(static_cast<size_t>(items), 0);
-            for (int y = gy * cell; y < (gy + 1) * cell; ++y)
-              for (int x = gx * cell; x < (gx + 1) * cell; ++x) {
-                const int w = owner[static_cast<size_t>(y) * res + x];
-                if (w >= 0) ++count[static_cast<size_t>(w)];
-              }
-            const auto best = std::max_element(count.begin(), count.end());
-            // An item counts when it covers at least 1/16 of the patch (small shapes and thin
-            // limbs straddle patches).
-            const int who = *best * 16 >= cell * cell ? static_cast<int>(best - count.begin()) : -1;
-            if (who < 0) {
-              color.push_back(0), shape.push_back(0), size.push_back(0);
-            } else if (who == items - 1) {  // the stick figure
-              color.push_back(n_colors + 1), shape.push_back(n_shapes + 1), size.push_back(-100);
-            } else {
-              const world::Object& ob = scene.objects[static_cast<size_t>(who)];
-              color.push_back(1 + static_cast<int64_t>(ob.color));
-              shape.push_back(1 + static_cast<int64_t>(ob.shape));
-              size.push_back(1 + static_cast<int64_t>(ob.size));
-            }
-          }
-      }
-      auto t = [](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong); };
-      return std::array<at::Tensor, 3>{t(color), t(shape), t(size)};
-    };
     report.stages.push_back(run_stage(s_aug, stage_seed(0), params, o, 0.0, [&](uint64_t seed) {
       std::vector<world::Scene> sc;
       const at::Tensor px = image_batch(seed, s_aug.batch, &sc);         // [B, 3, S, S]
       const at::Tensor tokens = aug.hidden_states(px, aug.num_layers()).back();  // [B, N, D]
       at::Tensor loss = at::mse_loss(head(tokens), patchify(px, P));
-      if (o.augment_labels) {
-        const auto labels = patch_labels(sc);
-        const at::Tensor flat = tokens.reshape({-1, tokens.size(2)});  // [B * N, D]
-        // Weighted so that the classification terms (~2 nats at the start) do not drown the
-        // reconstruction (~0.3 at the start, ~0.04 trained).
-        loss = loss + 0.1 * (at::cross_entropy_loss(color_head(flat), labels[0]) +
-                             at::cross_entropy_loss(shape_head(flat), labels[1]) +
-                             at::cross_entropy_loss(size_head(flat), labels[2]));  // the figure's -100: ignored
-      }
+      // Weighted so that the classification terms (~2 nats at the start) do not drown the
+      // reconstruction (~0.3 at the start, ~0.04 trained).
+      if (label_heads) loss = loss + 0.1 * label_heads->loss(tokens, patch_label_targets(sc, grid));
       return loss;
     }));
   }
@@ -777,11 +797,27 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     if (model->ftz) set_trainable(*model->ftz, true);
   }
   const bool vision_trains = o.train_vision || static_cast<bool>(model->ftz);
-  report.stages.push_back(run_stage(s_ft, stage_seed(3), named_trainable_parameters(*model), o, o.finetune_ema,
-                                    [&](uint64_t seed) {
-                                      const Batch b = vision_batch(seed, s_ft.batch).first;
-                                      return lm_loss(model, b, features(b.pixels, vision_trains));
-                                    }));
+  NamedTensors ft_params = named_trainable_parameters(*model);
+  // finetune_labels: the vision features the projector reads must also tell, patch by patch,
+  // what they show (the answers alone give the vision path too weak a signal to localise
+  // objects in a small model trained from scratch).
+  std::optional<PatchLabelHeads> ft_heads;
+  const int64_t vision_grid = cfg.vision.image_size / cfg.vision.patch_size;
+  if (o.finetune_labels > 0) {
+    ft_heads.emplace(cfg.vision.hidden_size, stage_seed(102));
+    for (auto& p : ft_heads->parameters("labels.")) ft_params.push_back(p);
+  }
+  report.stages.push_back(run_stage(s_ft, stage_seed(3), ft_params, o, o.finetune_ema, [&](uint64_t seed) {
+    if (!ft_heads) {
+      const Batch b = vision_batch(seed, s_ft.batch).first;
+      return lm_loss(model, b, features(b.pixels, vision_trains));
+    }
+    std::vector<world::Scene> sc;
+    const Batch b = vision_batch(seed, s_ft.batch, &sc).first;
+    const at::Tensor v = model->vision_features(b.pixels);  // [B, N, Dv], N = vision_grid^2
+    return lm_loss(model, b, model->multi_modal_projector(v)) +
+           o.finetune_labels * ft_heads->loss(v, patch_label_targets(sc, vision_grid));
+  }));
 
   // ---- export ----
   set_trainable(*model, false);

@@ -74,6 +74,9 @@ struct VlmTrainOptions {
   // augment also predicts, per token, what its patch shows (colour, shape and size of the item
   // covering most of it, from world::render_owner_map): dense labels, besides reconstruction.
   bool augment_labels = false;
+  // > 0 (needs train_vision): the fine-tune adds this weight x the same dense patch labels read
+  // linearly from the vision features the projector takes (the vision path learns to localise).
+  double finetune_labels = 0.0;
   VlmModelSizes sizes;
   VlmStageSchedule augment, text, align, finetune;
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/tensor_io.h"
 #include "diffusion/clip.h"
 #include "pipelines/random_model.h"
 #include "pipelines/starter_pack.h"
@@ -268,4 +269,39 @@ TEST(VlmTraining, BadInputsFailWithClearErrors) {
     EXPECT_THROW(train_vlm(x), ConfigError);
     EXPECT_NE(message_of(x).find("vlm_run.json"), std::string::npos) << message_of(x);
   }
+  {
+    // Dense labels on frozen vision features could not change them: refused.
+    VlmTrainOptions x = o;
+    x.finetune_labels = 0.5;
+    EXPECT_THROW(train_vlm(x), ConfigError);
+    EXPECT_NE(message_of(x).find("only with train_vision"), std::string::npos) << message_of(x);
+    x.train_vision = true;
+    x.finetune_labels = -1;
+    EXPECT_NE(message_of(x).find("must be >= 0"), std::string::npos) << message_of(x);
+  }
+}
+
+TEST(VlmTraining, FinetuneWithDenseLabelsMovesTheVisionTower) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.train_vision = true;
+  o.finetune_labels = 1.0;
+  o.finetune.steps = 3;
+  o.finetune.warmup = 0;
+  o.finetune.lr = 1e-2;
+  o.fixed_batch = true;
+  const VlmTrainReport r = train_vlm(o);
+  ASSERT_EQ(r.stages.back().name, "finetune");
+  ASSERT_EQ(r.stages.back().losses.size(), 3u);
+  // The loss carries the three label cross-entropies (~log 10 + log 6 + log 4 nats at the start).
+  EXPECT_GT(r.stages.back().losses.front(), 4.0);
+  // The exported tower differs from the encoder it started from; no label head is exported.
+  const TensorStore enc = TensorStore::open((fs::path(o.encoder_dir) / "model.safetensors").string());
+  const TensorStore out = TensorStore::open((root / "out/model.safetensors").string());
+  for (const std::string& n : out.names()) EXPECT_EQ(n.find("_head"), std::string::npos) << n;
+  // (The tiny tower's features are hidden_states[-2] of 1 layer: its embeddings.)
+  const std::string w = "vision_model.embeddings.patch_embedding.weight";
+  ASSERT_TRUE(enc.contains(w)) << "encoder names changed";
+  ASSERT_TRUE(out.contains("vision_tower." + w));
+  EXPECT_FALSE(at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3));
 }
