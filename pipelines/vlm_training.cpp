@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <optional>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include <ATen/core/grad_mode.h>
 #include <torch/nn/module.h>
@@ -393,15 +393,21 @@ std::string decode_for_log(const VlmVocab& v, const std::vector<int64_t>& ids) {
 // the stick figure is its own colour and shape class and has no size (-100: ignored). An item
 // counts when it covers at least 1/16 of the patch (small shapes and thin limbs straddle
 // patches). Targets [B * grid * grid] each.
+// Throws ConfigError unless `res`-pixel scenes split into grid x grid whole patches.
+void check_label_grid(int res, int64_t grid) {
+  if (grid <= 0 || res % grid != 0)
+    throw ConfigError("VLM training: patch labels need " + str(res) + "-pixel Tinyworld scenes to split into " + str(grid) +
+                      "x" + str(grid) + " whole patches (the encoder's image_size / patch_size); use another encoder or "
+                      "no labels");
+}
+
 std::array<at::Tensor, 3> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid) {
   const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());
   const int64_t n_shapes = static_cast<int64_t>(world::all_shapes().size());
   std::vector<int64_t> color, shape, size;
   for (const world::Scene& scene : scenes) {
     const int res = scene.resolution;
-    if (grid <= 0 || res % grid != 0)
-      throw ConfigError("VLM training: " + str(res) + "-pixel scenes do not split into " + str(grid) + "x" + str(grid) +
-                        " patches");
+    check_label_grid(res, grid);
     const int cell = res / static_cast<int>(grid);
     const std::vector<int> owner = world::render_owner_map(scene);
     const int items = static_cast<int>(scene.objects.size()) + 1;
@@ -667,6 +673,10 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   }
   const SceneSource scenes(o.seed, o.scenes);
   const int64_t T = cfg.image_feature_tokens();
+  // Patch labels need whole patches of the scenes: checked now, not after the first stages.
+  const int scene_res = world::SamplerOptions{}.resolution;
+  if (o.augment_labels && o.ftz) check_label_grid(scene_res, cfg.vision.image_size / sizes.aug_patch);
+  if (o.finetune_labels > 0) check_label_grid(scene_res, cfg.vision.image_size / cfg.vision.patch_size);
 
   auto image_batch = [&](uint64_t seed, int64_t B, std::vector<world::Scene>* out_scenes) {
     std::vector<at::Tensor> px;

@@ -330,6 +330,8 @@ TEST(Ftz, ConvPositionEmbeddingTellsTokensApart) {
   EXPECT_TRUE(at::allclose(b2 - with->position_embedding, a, 1e-6, 1e-6));
   EXPECT_FALSE(at::allclose(b2[0][0], b2[0][5]));
   EXPECT_TRUE(at::equal(b, a));  // initialised at zero: the plain encoder until trained
+  // Another image size gives another token count than the embedding has: a clear error.
+  expect_error<ShapeError>([&] { with->embed(at::zeros({1, 3, 32, 32})); }, "the position embedding has 16");
   // The config key round-trips and must be a boolean.
   Json j = {{"model_type", "conv"}, {"image_size", 16}, {"patch_size", 4}, {"hidden_size", 8}, {"norm_groups", 2},
             {"position_embedding", true}};

@@ -279,6 +279,26 @@ TEST(VlmTraining, BadInputsFailWithClearErrors) {
     x.finetune_labels = -1;
     EXPECT_NE(message_of(x).find("must be >= 0"), std::string::npos) << message_of(x);
   }
+  {
+    // Labels on a patch grid the 64-pixel scenes do not split into (48 / 16 = 3): refused
+    // before any stage runs.
+    VlmTrainOptions x = o;
+    x.train_vision = true;
+    x.finetune_labels = 0.5;
+    const fs::path dir = root / "encoder48";
+    fs::create_directories(dir);
+    Json cfg = starter_vision_config(/*tiny=*/true);
+    cfg["image_size"] = 48;
+    torch::NoGradGuard no_grad;
+    ClipVisionModel enc(ClipVisionConfig::from_json(cfg, "encoder48"), true);
+    write_json((dir / "config.json").string(), cfg);
+    write_weights((dir / "model.safetensors").string(), *enc, false);
+    x.encoder_dir = dir.string();
+    x.work_dir = (root / "work48").string();
+    EXPECT_THROW(train_vlm(x), ConfigError);
+    EXPECT_NE(message_of(x).find("3x3 whole patches"), std::string::npos) << message_of(x);
+    EXPECT_FALSE(fs::exists(root / "work48" / "text")) << "no stage ran";
+  }
 }
 
 TEST(VlmTraining, FinetuneWithDenseLabelsMovesTheVisionTower) {

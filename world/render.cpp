@@ -56,66 +56,49 @@ struct Painter {
     return color_rgb(c);
   }
 
-  // What is drawn at continuous point (px, py), before styling: -1 the background, k < number
-  // of objects object k, the number of objects the stick figure (later items paint over
-  // earlier ones, as in at()).
-  int owner(double px, double py) const {
-    int who = -1;
+  // What is drawn at continuous point (px, py); later items paint over earlier ones (objects in
+  // order, then the figure's limbs, then its head).
+  struct Hit {
+    int item = -1;     // -1 the background, k < number of objects object k, else the figure
+    double sd = 0;     // an object's signed distance (for its styling)
+    int limb = -1;     // the figure: the limb's edge index, -1 its head
+  };
+  Hit hit(double px, double py) const {
+    Hit h;
     for (size_t k = 0; k < scene.objects.size(); ++k) {
       const ObjectGeometry g = object_geometry(scene.objects[k], res);
       if (std::fabs(px - g.cx) > g.half + 1 || std::fabs(py - g.cy) > g.half + 1) continue;
-      if (shape_sdf(scene.objects[k].shape, px - g.cx, py - g.cy, g.half) <= 0) who = static_cast<int>(k);
+      const double sd = shape_sdf(scene.objects[k].shape, px - g.cx, py - g.cy, g.half);
+      if (sd <= 0) h = {static_cast<int>(k), sd, -1};
     }
     if (scene.figure) {
-      const Skeleton& sk = scene.figure->skeleton;
-      const double hw = limb_half_width(res);
       const int figure = static_cast<int>(scene.objects.size());
-      for (const auto& [ia, ib] : sk.edges) {
-        const Joint& a = sk.joints[ia];
-        const Joint& b = sk.joints[ib];
-        if (a.confidence > 0 && b.confidence > 0 &&
-            segment_dist2(px, py, a.x * res, a.y * res, b.x * res, b.y * res) <= hw * hw)
-          who = figure;
-      }
-      const int head = sk.find("head");
-      if (head >= 0 && sk.joints[head].confidence > 0) {
-        const double r = head_radius(scene.figure->height) * res;
-        const double dx = px - sk.joints[head].x * res, dy = py - sk.joints[head].y * res;
-        if (dx * dx + dy * dy <= r * r) who = figure;
-      }
-    }
-    return who;
-  }
-
-  // Colour at continuous point (px, py); (x, y) is the pixel it lands in (for stripes).
-  Rgb at(double px, double py, int x, int y) const {
-    Rgb c = background_rgb(scene.background, (y + 0.5) / res);
-    for (const auto& o : scene.objects) {
-      const ObjectGeometry g = object_geometry(o, res);
-      if (std::fabs(px - g.cx) > g.half + 1 || std::fabs(py - g.cy) > g.half + 1) continue;
-      const double sd = shape_sdf(o.shape, px - g.cx, py - g.cy, g.half);
-      if (sd <= 0) c = styled(o.color, sd, x, y);
-    }
-    if (scene.figure) {
-      const Figure& f = *scene.figure;
-      const Skeleton& sk = f.skeleton;
+      const Skeleton& sk = scene.figure->skeleton;
       const double hw = limb_half_width(res);
       for (size_t e = 0; e < sk.edges.size(); ++e) {
         const Joint& a = sk.joints[sk.edges[e].first];
         const Joint& b = sk.joints[sk.edges[e].second];
         if (a.confidence <= 0 || b.confidence <= 0) continue;
         if (segment_dist2(px, py, a.x * res, a.y * res, b.x * res, b.y * res) <= hw * hw)
-          c = limb_rgb(static_cast<int>(e));
+          h = {figure, 0, static_cast<int>(e)};
       }
       const int head = sk.find("head");
       if (head >= 0 && sk.joints[head].confidence > 0) {
-        const double r = head_radius(f.height) * res;
+        const double r = head_radius(scene.figure->height) * res;
         const double dx = px - sk.joints[head].x * res, dy = py - sk.joints[head].y * res;
-        const double sd = std::sqrt(dx * dx + dy * dy) - r;
-        if (sd <= 0) c = color_rgb(f.color);
+        if (std::sqrt(dx * dx + dy * dy) - r <= 0) h = {figure, 0, -1};
       }
     }
-    return c;
+    return h;
+  }
+
+  // Colour at continuous point (px, py); (x, y) is the pixel it lands in (for stripes).
+  Rgb at(double px, double py, int x, int y) const {
+    const Hit h = hit(px, py);
+    if (h.item < 0) return background_rgb(scene.background, (y + 0.5) / res);
+    if (h.item < static_cast<int>(scene.objects.size()))
+      return styled(scene.objects[static_cast<size_t>(h.item)].color, h.sd, x, y);
+    return h.limb >= 0 ? limb_rgb(h.limb) : color_rgb(scene.figure->color);
   }
 };
 
@@ -165,7 +148,7 @@ std::vector<int> render_owner_map(const Scene& s) {
     for (int x = 0; x < res; ++x) {
       // Pixelated renders sample one point per block (render_scene), so the map does too.
       const double px = blocks ? (x / b) * b + 0.5 * b : x + 0.5, py = blocks ? (y / b) * b + 0.5 * b : y + 0.5;
-      map[static_cast<size_t>(y) * res + x] = painter.owner(px, py);
+      map[static_cast<size_t>(y) * res + x] = painter.hit(px, py).item;
     }
   return map;
 }
