@@ -62,6 +62,8 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_option("--max-positions", s.max_positions, "Context length (0: 512, tiny 256)");
   cmd->add_flag("--untie", o->untie, "Separate LM head (default: tied to the embeddings)");
   cmd->add_option("--feature-layer", s.feature_layer, "vision_feature_layer (hidden_states index)")->capture_default_str();
+  cmd->add_flag("--image-position", s.image_position,
+                "A learned position embedding added to each projected image token (config \"image_position_embedding\")");
   cmd->add_option("--aug-hidden", s.aug_hidden, "FtZ conv encoder width (0: 64, tiny 16)");
   cmd->add_option("--aug-layers", s.aug_layers, "FtZ conv encoder layers (0: 4, tiny 2)");
   cmd->add_option("--aug-patch", s.aug_patch, "FtZ conv encoder patch size (0: 8, tiny 16)");

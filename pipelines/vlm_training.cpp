@@ -231,6 +231,7 @@ Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, con
             {"tie_word_embeddings", sizes.tie_embeddings},
             {"vision_config", vc},
             {"text_config", t.to_json()}};
+  if (sizes.image_position) j["image_position_embedding"] = true;
   if (ftz) {
     const ClipVisionConfig v = ClipVisionConfig::from_json(vc, "vision_config");
     const int64_t depth = clip_layers_for_hidden_state(sizes.feature_layer, v.num_hidden_layers, "vision_feature_layer");

@@ -50,6 +50,9 @@ struct VlmModelSizes {
   // FtZ augmenting encoder (conv) and fusion.
   int64_t aug_hidden = 0, aug_layers = 0, aug_patch = 0, aug_groups = 0, ftz_heads = 0;
   bool aug_position = false;  // the conv encoder's learned position embedding (ConvEncoderConfig)
+  // LlavaConfig::image_position_embedding: a learned embedding per image token added to the
+  // projector's output (trained in align and finetune with the projector).
+  bool image_position = false;
   // Zero fields take the defaults for full-size or test-sized (`tiny`) models.
   VlmModelSizes resolve(bool tiny) const;
 };

@@ -416,6 +416,55 @@ TEST(LlavaLoad, FolderRoundTripAndErrors) {
   }
 }
 
+// The image position embedding (config "image_position_embedding", an Iris extension): zeros
+// at initialisation give the plain projector bit for bit; trained rows tell image tokens apart;
+// it saves and loads back; a config and a checkpoint that disagree are refused by name.
+TEST(LlavaImagePosition, StartsAsThePlainProjectorAndLoadsBack) {
+  at::NoGradGuard no_grad;
+  Json with_position = tiny_llava_spec(false).config;
+  with_position["image_position_embedding"] = true;
+  const LlavaConfig cfg = LlavaConfig::from_json(with_position, "tiny");
+  EXPECT_TRUE(cfg.image_position_embedding);
+  EXPECT_FALSE(tiny_config().image_position_embedding);
+  LlavaForConditionalGeneration plain = tiny_model();
+  LlavaForConditionalGeneration placed(cfg);
+  placed->init_weights(3, 0.2);
+  placed->eval();
+  const at::Tensor pe = placed->multi_modal_projector->position_embedding;
+  ASSERT_TRUE(pe.defined());
+  EXPECT_EQ(pe.sizes(), (std::vector<int64_t>{cfg.image_feature_tokens(), cfg.text.hidden_size}));
+  EXPECT_EQ(pe.abs().max().item<double>(), 0.0);
+  const at::Tensor px = pixels(2);
+  EXPECT_TRUE(at::equal(placed->image_features(px), plain->image_features(px)));
+  const at::Tensor ids = ids_of({1, 50, cfg.image_token_index, 51});
+  EXPECT_TRUE(at::equal(placed->forward(ids, px.narrow(0, 0, 1)).logits, plain->forward(ids, px.narrow(0, 0, 1)).logits));
+
+  // A trained embedding adds its row t to the t-th token of every image.
+  at::Generator g = at::detail::createCPUGenerator(5);
+  pe.copy_(at::randn(pe.sizes(), g));
+  const at::Tensor shift = placed->image_features(px) - plain->image_features(px);  // [2, T, H]
+  EXPECT_LT(max_diff(shift[0], pe), 1e-5);
+  EXPECT_LT(max_diff(shift[1], pe), 1e-5);
+  expect_error<ConfigError>([&] { placed->multi_modal_projector(at::zeros({1, 3, cfg.vision.hidden_size})); },
+                            "position embedding has 16 tokens but the image gives 3");
+
+  // Round trip through a folder, then the two mismatches.
+  const std::string dir = iris::testing_util::scratch("llava_image_position");
+  fs::create_directories(dir);
+  write_weights(dir + "/model.safetensors", *placed, /*f16=*/false);
+  write_json(dir + "/config.json", with_position);
+  LlavaForConditionalGeneration loaded = load_llava(dir);
+  EXPECT_TRUE(at::equal(loaded->multi_modal_projector->position_embedding, pe));
+  EXPECT_TRUE(at::equal(loaded->forward(ids, px.narrow(0, 0, 1)).logits, placed->forward(ids, px.narrow(0, 0, 1)).logits));
+  write_json(dir + "/config.json", tiny_llava_spec(false).config);
+  expect_error<CheckpointError>([&] { load_llava(dir); }, "does not set \"image_position_embedding\": true");
+  const std::string plain_dir = tiny_folder("llava_plain_for_position");
+  write_json(plain_dir + "/config.json", with_position);
+  expect_error<CheckpointError>([&] { load_llava(plain_dir); }, "has no multi_modal_projector.position_embedding");
+  with_position["image_position_embedding"] = "yes";
+  expect_error<ConfigError>([&] { LlavaConfig::from_json(with_position, "tiny"); }, "image_position_embedding");
+}
+
 TEST(LlavaLoad, ShardedCheckpoint) {
   at::NoGradGuard no_grad;
   const std::string dir = tiny_folder("whole");

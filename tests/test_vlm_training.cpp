@@ -325,3 +325,25 @@ TEST(VlmTraining, FinetuneWithDenseLabelsMovesTheVisionTower) {
   ASSERT_TRUE(out.contains("vision_tower." + w));
   EXPECT_FALSE(at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3));
 }
+
+// --image-position: align and finetune train the projector's image position embedding (zeros
+// at the start), the folder declares it and loads back.
+TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.sizes.image_position = true;
+  o.align.steps = 2;
+  o.finetune.steps = 2;
+  o.align.lr = o.finetune.lr = 1e-2;
+  o.align.warmup = o.finetune.warmup = 0;
+  train_vlm(o);
+  const Json cfg = read_json_file((root / "out/config.json").string());
+  EXPECT_EQ(cfg.value("image_position_embedding", false), true);
+  const TensorStore out = TensorStore::open((root / "out/model.safetensors").string());
+  const std::string key = "multi_modal_projector.position_embedding";
+  ASSERT_TRUE(out.contains(key));
+  EXPECT_GT(read_tensor(out, key).abs().max().item<double>(), 0.0) << "trained away from its zero start";
+  torch::NoGradGuard no_grad;
+  LlavaForConditionalGeneration m = load_llava((root / "out").string());
+  EXPECT_TRUE(m->multi_modal_projector->position_embedding.defined());
+}

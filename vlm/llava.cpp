@@ -110,6 +110,7 @@ LlavaConfig LlavaConfig::from_json(const Json& j, const std::string& what) {
                                              "\" (expected \"default\" or \"full\")"));
   auto pad = j.find("pad_token_id");
   c.pad_token_id = (pad == j.end() || pad->is_null()) ? -1 : json_int(j, "pad_token_id", -1, what);
+  c.image_position_embedding = json_bool(j, "image_position_embedding", false, what);
   auto ftz = j.find("ftz");
   if (ftz != j.end() && !ftz->is_null()) {
     c.ftz = FtzConfig::from_json(*ftz, what);
@@ -137,12 +138,22 @@ int64_t LlavaConfig::image_feature_tokens() const {
 // =============================================================================================
 // Modules
 
-LlavaProjectorImpl::LlavaProjectorImpl(int64_t vision_dim, int64_t text_dim, HfActivation act) : act_(act) {
+LlavaProjectorImpl::LlavaProjectorImpl(int64_t vision_dim, int64_t text_dim, HfActivation act, int64_t position_tokens)
+    : act_(act) {
   linear_1 = register_module("linear_1", torch::nn::Linear(vision_dim, text_dim));
   linear_2 = register_module("linear_2", torch::nn::Linear(text_dim, text_dim));
+  if (position_tokens > 0)
+    position_embedding = register_parameter("position_embedding", at::zeros({position_tokens, text_dim}));
 }
 
-at::Tensor LlavaProjectorImpl::forward(const at::Tensor& x) { return linear_2(apply_hf_activation(act_, linear_1(x))); }
+at::Tensor LlavaProjectorImpl::forward(const at::Tensor& x) {
+  at::Tensor y = linear_2(apply_hf_activation(act_, linear_1(x)));  // [..., T, H]
+  if (!position_embedding.defined()) return y;
+  if (y.dim() < 2 || y.size(-2) != position_embedding.size(0))
+    throw ConfigError("LLaVA projector: the image position embedding has " + str(position_embedding.size(0)) +
+                      " tokens but the image gives " + (y.dim() < 2 ? std::string("none") : str(y.size(-2))));
+  return y + position_embedding.to(y.dtype());
+}
 
 LlamaInput LlavaMerged::input() const {
   LlamaInput in;
@@ -157,8 +168,10 @@ LlavaForConditionalGenerationImpl::LlavaForConditionalGenerationImpl(const Llava
   cfg_.validate("LLaVA config");
   vision_tower = register_module("vision_tower", ClipVisionModel(cfg_.vision, /*with_projection=*/false));
   multi_modal_projector = register_module(
-      "multi_modal_projector", LlavaProjector(cfg_.vision.hidden_size, cfg_.text.hidden_size,
-                                              parse_hf_activation(cfg_.projector_hidden_act, "projector_hidden_act")));
+      "multi_modal_projector",
+      LlavaProjector(cfg_.vision.hidden_size, cfg_.text.hidden_size,
+                     parse_hf_activation(cfg_.projector_hidden_act, "projector_hidden_act"),
+                     cfg_.image_position_embedding ? cfg_.image_feature_tokens() : 0));
   language_model = register_module("language_model", LlamaForCausalLM(cfg_.text));
   anchor_ = std::make_shared<ClipLayeredEncoder>(vision_tower);
   if (cfg_.has_ftz)
@@ -268,6 +281,7 @@ void LlavaForConditionalGenerationImpl::init_weights(uint64_t seed, double std) 
       const std::string& n = p.key();
       at::Tensor& t = p.value();
       if (n.size() >= 4 && n.compare(n.size() - 4, 4, "bias") == 0) t.zero_();
+      else if (n == "position_embedding") t.zero_();  // starts as the plain projector
       else if (n.find("norm") != std::string::npos) t.fill_(1.0);
       else t.copy_(at::empty(t.sizes(), t.options().device(at::kCPU)).normal_(0.0, std, gen));
     }
@@ -394,6 +408,13 @@ LoadReport load_llava_weights(LlavaForConditionalGeneration& model, const Tensor
                                                          " (a LLaVA checkpoint holds vision_tower.*, "
                                                          "multi_modal_projector.*, language_model.* and optionally ftz.*)"));
   }
+  const std::string position_key = "multi_modal_projector.position_embedding";
+  if (store.contains(position_key) && !c.image_position_embedding)
+    throw CheckpointError(join_context(store.path(), "the checkpoint has " + position_key +
+                                                         " but its config does not set \"image_position_embedding\": true"));
+  if (!store.contains(position_key) && c.image_position_embedding)
+    throw CheckpointError(join_context(store.path(), "the config sets \"image_position_embedding\": true but the "
+                                                     "checkpoint has no " + position_key));
   if (c.has_ftz && std::none_of(names.begin(), names.end(), [](const std::string& n) { return starts_with(n, "ftz."); }))
     throw CheckpointError(join_context(store.path(), "the config declares an \"ftz\" block but the checkpoint has no "
                                                      "FtZ weights (ftz.*)"));

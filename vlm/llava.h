@@ -9,6 +9,8 @@
 //   multi_modal_projector.linear_2.{weight,bias}     [H, H], [H]
 //   language_model.model.*, language_model.lm_head.weight   LlamaForCausalLM (vlm/llama.h)
 //   ftz.*                                            FtZ fusion, when config.json has a "ftz" block (vlm/ftz.h)
+//   multi_modal_projector.position_embedding         [T, H], when config.json has
+//                                                    "image_position_embedding": true (an Iris extension)
 //
 // Image features: hidden_states[vision_feature_layer] of the tower (an index into the
 // num_layers + 1 hidden states, negative from the end), without the CLS token for the
@@ -65,6 +67,11 @@ struct LlavaConfig {
   int64_t pad_token_id = -1;  // top-level pad_token_id (null: -1, as transformers)
   bool has_ftz = false;
   FtzConfig ftz;            // "ftz" block
+  // "image_position_embedding" (an Iris extension, absent in real LLaVA folders): a learned
+  // embedding per image feature token added to the projector's output. RoPE rotates queries
+  // and keys only, so an attended image token tells the LM *what* it shows but not *where*
+  // unless its value carries the position; this puts the patch's place in the LM's own space.
+  bool image_position_embedding = false;
 
   // `what` names the source (file) in errors. Validates.
   static LlavaConfig from_json(const Json& j, const std::string& what);
@@ -76,13 +83,17 @@ struct LlavaConfig {
 // ---------------------------------------------------------------------------------------------
 // Modules
 
-// LlavaMultiModalProjector: linear_2(act(linear_1(x))), "mlp2x_gelu" in the original LLaVA.
+// LlavaMultiModalProjector: linear_2(act(linear_1(x))), "mlp2x_gelu" in the original LLaVA;
+// with position_tokens > 0 (config "image_position_embedding") plus position_embedding[t] on
+// the t-th of the image's position_tokens features (zeros at construction).
 class LlavaProjectorImpl : public torch::nn::Module {
  public:
-  LlavaProjectorImpl(int64_t vision_dim, int64_t text_dim, HfActivation act);
-  at::Tensor forward(const at::Tensor& x);  // [..., Dv] -> [..., H]
+  LlavaProjectorImpl(int64_t vision_dim, int64_t text_dim, HfActivation act, int64_t position_tokens = 0);
+  // [..., T, Dv] -> [..., T, H]; with a position embedding T must be position_tokens (ConfigError).
+  at::Tensor forward(const at::Tensor& x);
 
   torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};
+  at::Tensor position_embedding;  // [T, H] or undefined
 
  private:
   HfActivation act_;
