@@ -48,6 +48,8 @@ void add_train_vlm_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--describe-prob", t.describe_probability, "Share of sequences with a long description")
       ->capture_default_str();
+  cmd->add_flag("--balance-existence", t.balance_existence,
+                "Image sequences keep as many \"is there a ...?\" probes answered no as answered yes");
   cmd->add_option("--ema", t.finetune_ema, "EMA decay of the finetune weights, exported (0: off)")->capture_default_str();
   add_stage_options(cmd, "augment", t.augment);
   add_stage_options(cmd, "text", t.text);

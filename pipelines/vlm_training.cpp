@@ -289,17 +289,6 @@ at::Tensor scene_pixels(const world::Scene& scene, const ClipPreprocessConfig& p
   return at::from_blob(chw.data(), {3, h, w}, at::kFloat).clone();
 }
 
-// Training questions of a scene, shuffled; "describe" kept with probability p.
-std::vector<world::Question> training_questions(const world::Scene& scene, world::Rng& rng, double describe_p) {
-  world::QuestionOptions qo;
-  qo.split = world::Split::Train;
-  std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
-  const bool describe = rng.chance(describe_p);
-  qs.erase(std::remove_if(qs.begin(), qs.end(), [&](const world::Question& q) { return q.kind == "describe" && !describe; }),
-           qs.end());
-  rng.shuffle(qs);
-  return qs;
-}
 
 // A padded batch: ids [B, L] (the <image> token as 0, padding EOS), and the loss rows: flat
 // indices into the merged [B, L'] positions whose hidden states predict labels [N].
@@ -550,18 +539,21 @@ void set_trainable(torch::nn::Module& m, bool on) {
 
 // The run's settings that a work folder's checkpoints depend on.
 Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const ResolvedStage& text, const ResolvedStage& vision) {
-  return {{"config", config},
-          {"seed", o.seed},
-          {"max_text_tokens", o.max_text_tokens},
-          {"scenes", o.scenes},
-          {"describe_probability", o.describe_probability},
-          {"train_vision", o.train_vision},
-          {"augment_labels", o.augment_labels},
-          {"finetune_labels", o.finetune_labels},
-          {"finetune_ema", o.finetune_ema},
-          {"text_batch", text.batch},
-          {"batch", vision.batch},
-          {"fixed_batch", o.fixed_batch}};
+  Json fp = {{"config", config},
+               {"seed", o.seed},
+               {"max_text_tokens", o.max_text_tokens},
+               {"scenes", o.scenes},
+               {"describe_probability", o.describe_probability},
+               {"train_vision", o.train_vision},
+               {"augment_labels", o.augment_labels},
+               {"finetune_labels", o.finetune_labels},
+               {"finetune_ema", o.finetune_ema},
+               {"text_batch", text.batch},
+               {"batch", vision.batch},
+               {"fixed_batch", o.fixed_batch}};
+  // Recorded only when on, so work folders made before the option still resume.
+  if (o.balance_existence) fp["balance_existence"] = true;
+  return fp;
 }
 
 void check_work_dir(const std::string& work, const Json& fingerprint) {
@@ -601,6 +593,37 @@ void write_output(const VlmTrainOptions& o, LlavaForConditionalGeneration& model
 }
 
 }  // namespace
+
+std::vector<world::Question> vlm_training_questions(const world::Scene& scene, world::Rng& rng, double describe_p,
+                                                   bool balance_existence) {
+  world::QuestionOptions qo;
+  qo.split = world::Split::Train;
+  std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
+  const bool describe = rng.chance(describe_p);
+  qs.erase(std::remove_if(qs.begin(), qs.end(), [&](const world::Question& q) { return q.kind == "describe" && !describe; }),
+           qs.end());
+  if (balance_existence) {
+    // make_questions probes one present object and up to three absent ones (random, popular,
+    // adversarial): trained on that mix a model learns "no" as a 75 % prior. Keep as many
+    // absent probes, drawn at random, as present ones, as POPE's own 50/50 splits do.
+    std::vector<size_t> absent;
+    size_t present = 0;
+    for (size_t i = 0; i < qs.size(); ++i) {
+      if (qs[i].pope.empty()) continue;
+      if (qs[i].answer == "yes") ++present;
+      else absent.push_back(i);
+    }
+    rng.shuffle(absent);
+    std::vector<uint8_t> drop(qs.size(), 0);
+    for (size_t k = present; k < absent.size(); ++k) drop[absent[k]] = 1;
+    std::vector<world::Question> kept;
+    for (size_t i = 0; i < qs.size(); ++i)
+      if (!drop[i]) kept.push_back(std::move(qs[i]));
+    qs = std::move(kept);
+  }
+  rng.shuffle(qs);
+  return qs;
+}
 
 // =============================================================================================
 // The run
@@ -700,8 +723,9 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     std::vector<VlmSequence> seqs;
     for (int64_t b = 0; b < B; ++b) {
       world::Rng rng(world::hash_combine(seed ^ 0x9e57ull, static_cast<uint64_t>(b)));
-      seqs.push_back(vlm_image_sequence(vocab, training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability),
-                                        o.max_text_tokens));
+      seqs.push_back(vlm_image_sequence(
+          vocab, vlm_training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability, o.balance_existence),
+          o.max_text_tokens));
     }
     Batch batch = collate(seqs, vocab, T);
     batch.pixels = pixels;
@@ -714,7 +738,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       const world::Scene scene = scenes.draw(rng);
       const std::string context =
           rng.chance(0.8) ? world::describe_scene(scene, rng) : world::make_caption(scene, rng).text;
-      std::vector<world::Question> qs = training_questions(scene, rng, 0.0);  // no "describe": the context is one
+      std::vector<world::Question> qs = vlm_training_questions(scene, rng, 0.0);  // no "describe": the context is one
       seqs.push_back(vlm_text_sequence(vocab, context, qs, o.max_text_tokens));
     }
     return std::make_pair(collate(seqs, vocab, 0), seqs.front());

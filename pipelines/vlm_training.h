@@ -86,6 +86,9 @@ struct VlmTrainOptions {
   int64_t max_text_tokens = 0;  // text tokens per sequence (0: 192, tiny 64); images add their features
   int64_t scenes = 0;           // training scenes to draw from (0: a fresh scene every time)
   double describe_probability = 0.5;  // a sequence includes "Describe the image." and its long answer
+  // Image sequences keep as many absent-object probes ("Is there a red circle?" -> no) as
+  // present ones (make_questions draws 1 present, up to 3 absent); the text stage is unchanged.
+  bool balance_existence = false;
   double finetune_ema = 0.0;    // > 0: EMA of the finetune parameters, exported instead of the live ones
   uint64_t seed = 0;
   int64_t log_every = 25, checkpoint_every = 200;
@@ -143,6 +146,11 @@ struct VlmSequence {
   int64_t image_position = -1;  // index of the <image> token; -1 for text sequences
   int64_t turns = 0;
 };
+// A training scene's questions (make_questions on the training split), shuffled; "describe"
+// kept with probability describe_p; balance_existence: as many absent-object probes as present
+// ones (VlmTrainOptions::balance_existence).
+std::vector<world::Question> vlm_training_questions(const world::Scene& scene, world::Rng& rng, double describe_p,
+                                                   bool balance_existence = false);
 // The image sequence of the questions (in the given order; at least the first one, its answer
 // cut when even it does not fit).
 VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& questions, int64_t max_text_tokens);

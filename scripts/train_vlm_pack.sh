@@ -30,6 +30,13 @@
 #   TRAIN_VISION=0 the fine-tune leaves the vision encoders frozen (default 1: --train-vision)
 #   FINETUNE_LABELS=W  weight of the dense patch labels read from the vision features during
 #                  the fine-tune (default 0.2; 0 = off; needs TRAIN_VISION=1)
+#   FINETUNE_CONTINUE=N  after the vlm stage, the fine-tune goes on to N steps (stage
+#                  vlm-continue: the trainer resumes its last checkpoint under a cosine schedule
+#                  spanning N, a warm restart; 0 = off)
+#   BALANCE_EXISTENCE=1  image sequences ask as many "is there a ...?" probes answered no as
+#                  answered yes (--balance-existence; default 0)
+#   IMAGE_POSITION=1  a learned position embedding on the projected image tokens
+#                  (--image-position; default 0)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
@@ -60,11 +67,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EVAL_N=${EVAL_N_SMOKE:-8}
   DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4}
   EXTRA=(--tiny --log-every 1)
+  FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
 else
   # The shipped VLM's schedule (iris train vlm's own defaults, 400/1000/1000/4000, train longer).
   AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-2000}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-2000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-6000}
 fi
+[ "${BALANCE_EXISTENCE:-0}" = 1 ] && EXTRA+=(--balance-existence)
+[ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
 if [ "${FTZ:-0}" = 1 ]; then
   EXTRA+=(--ftz)
   [ "${AUG_LABELS:-1}" = 1 ] && EXTRA+=(--aug-position --augment-labels)
@@ -82,18 +92,25 @@ mkdir -p "$WORK" "$OUT"
 # checkpoints, a new VLM the draft's and VISOR's.
 stage_finished() {
   case $1 in
-    spm) rm -rf "$WORK/vlm.done" "${WORK:?}/vlm" ;;
-    vlm) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    spm) rm -rf "$WORK"/vlm{,-continue}.done "${WORK:?}/vlm" ;;
+    vlm) rm -rf "$WORK"/{vlm-continue,draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    vlm-continue) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
 
 steps() { [ -n "${2:-}" ] && echo "--$1-steps $2" || true; }
 
 stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" --out "$WORK/spm"
-stage vlm $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
-  --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
-  $(steps augment "${AUGMENT_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
-  $(steps finetune "${FINETUNE_STEPS:-}") "${EXTRA[@]}"
+vlm_stage() {  # vlm_stage FINETUNE_STEPS
+  $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
+    --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
+    $(steps augment "${AUGMENT_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
+    $(steps finetune "$1") "${EXTRA[@]}"
+}
+stage vlm vlm_stage "${FINETUNE_STEPS:-}"
+if [ "${FINETUNE_CONTINUE:-0}" != 0 ]; then
+  stage vlm-continue vlm_stage "$FINETUNE_CONTINUE"
+fi
 
 # The draft's training state stays in $WORK/draft; only its weights and config ship.
 draft_stage() {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -346,4 +347,31 @@ TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
   torch::NoGradGuard no_grad;
   LlavaForConditionalGeneration m = load_llava((root / "out").string());
   EXPECT_TRUE(m->multi_modal_projector->position_embedding.defined());
+}
+
+// --balance-existence: every scene's image sequence asks as many present-object probes as
+// absent ones (make_questions alone asks 1 present and up to 3 absent); other questions stay.
+TEST(VlmTraining, BalancedExistenceProbesAreHalfYes) {
+  int plain_yes = 0, plain_no = 0;
+  for (uint64_t i = 0; i < 40; ++i) {
+    const world::Scene scene = world::sample_scene(world::sample_seed(99, i));
+    world::Rng a(i), b(i);
+    const std::vector<world::Question> plain = vlm_training_questions(scene, a, 0.0, false);
+    const std::vector<world::Question> balanced = vlm_training_questions(scene, b, 0.0, true);
+    std::multiset<std::string> plain_other, balanced_other;
+    int yes = 0, no = 0;
+    for (const world::Question& q : plain) {
+      if (q.pope.empty()) plain_other.insert(q.question + "|" + q.answer);
+      else (q.answer == "yes" ? plain_yes : plain_no)++;
+    }
+    for (const world::Question& q : balanced) {
+      if (q.pope.empty()) balanced_other.insert(q.question + "|" + q.answer);
+      else (q.answer == "yes" ? yes : no)++;
+    }
+    EXPECT_EQ(yes, 1) << "scene " << i;
+    EXPECT_EQ(no, 1) << "scene " << i;
+    EXPECT_EQ(plain_other, balanced_other) << "scene " << i;
+  }
+  EXPECT_EQ(plain_yes, 40);
+  EXPECT_GT(plain_no, 80) << "make_questions' own mix leans to \"no\"";
 }
