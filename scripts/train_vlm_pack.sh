@@ -32,15 +32,16 @@
 #                  the fine-tune (default 0.2; 0 = off; needs TRAIN_VISION=1)
 #   FINETUNE_CONTINUE=N  after the vlm stage, the fine-tune goes on to N steps (stage
 #                  vlm-continue: the trainer resumes its last checkpoint under a cosine schedule
-#                  spanning N, a warm restart; 0 = off)
-#   BALANCE_EXISTENCE=1  image sequences ask as many "is there a ...?" probes answered no as
-#                  answered yes (--balance-existence; default 0)
+#                  spanning N, a warm restart; default off)
+#   BALANCE_EXISTENCE=0  image sequences ask up to 3 "is there a ...?" probes answered no per
+#                  one answered yes, make_questions' own mix (default 1: as many of each,
+#                  --balance-existence)
 #   IMAGE_POSITION=1  a learned position embedding on the projected image tokens
 #                  (--image-position; default 0)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
-#                  VLM's 2000 / 600 / 300 / 2000 (augment only with FTZ=1), so the command
+#                  VLM's 2000 / 600 / 300 / 6000 (augment only with FTZ=1), so the command
 #                  reproduces assets/starter/vlm)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
@@ -69,11 +70,11 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EXTRA=(--tiny --log-every 1)
   FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
 else
-  # The shipped VLM's schedule (iris train vlm's own defaults, 400/1000/1000/4000, train longer).
+  # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000).
   AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-2000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-6000}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-6000}
 fi
-[ "${BALANCE_EXISTENCE:-0}" = 1 ] && EXTRA+=(--balance-existence)
+[ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
 if [ "${FTZ:-0}" = 1 ]; then
   EXTRA+=(--ftz)
@@ -120,7 +121,7 @@ draft_stage() {
   cp "$WORK/draft/config.json" "$WORK/draft/model.safetensors" "$DRAFT_OUT/"
 }
 stage draft draft_stage
-stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-600}" \
+stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-1500}" \
   --threads "$THREADS" --f16 --eval "${VISOR_EVAL:-200}"
 
 echo "== VLM: $OUT ($(du -sh "$OUT" | cut -f1))"
