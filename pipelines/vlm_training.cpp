@@ -289,7 +289,6 @@ at::Tensor scene_pixels(const world::Scene& scene, const ClipPreprocessConfig& p
   return at::from_blob(chw.data(), {3, h, w}, at::kFloat).clone();
 }
 
-
 // A padded batch: ids [B, L] (the <image> token as 0, padding EOS), and the loss rows: flat
 // indices into the merged [B, L'] positions whose hidden states predict labels [N].
 struct Batch {
@@ -540,17 +539,17 @@ void set_trainable(torch::nn::Module& m, bool on) {
 // The run's settings that a work folder's checkpoints depend on.
 Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const ResolvedStage& text, const ResolvedStage& vision) {
   Json fp = {{"config", config},
-               {"seed", o.seed},
-               {"max_text_tokens", o.max_text_tokens},
-               {"scenes", o.scenes},
-               {"describe_probability", o.describe_probability},
-               {"train_vision", o.train_vision},
-               {"augment_labels", o.augment_labels},
-               {"finetune_labels", o.finetune_labels},
-               {"finetune_ema", o.finetune_ema},
-               {"text_batch", text.batch},
-               {"batch", vision.batch},
-               {"fixed_batch", o.fixed_batch}};
+             {"seed", o.seed},
+             {"max_text_tokens", o.max_text_tokens},
+             {"scenes", o.scenes},
+             {"describe_probability", o.describe_probability},
+             {"train_vision", o.train_vision},
+             {"augment_labels", o.augment_labels},
+             {"finetune_labels", o.finetune_labels},
+             {"finetune_ema", o.finetune_ema},
+             {"text_batch", text.batch},
+             {"batch", vision.batch},
+             {"fixed_batch", o.fixed_batch}};
   // Recorded only when on, so work folders made before the option still resume.
   if (o.balance_existence) fp["balance_existence"] = true;
   return fp;
