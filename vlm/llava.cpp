@@ -152,7 +152,7 @@ at::Tensor LlavaProjectorImpl::forward(const at::Tensor& x) {
   if (y.dim() < 2 || y.size(-2) != position_embedding.size(0))
     throw ConfigError("LLaVA projector: the image position embedding has " + str(position_embedding.size(0)) +
                       " tokens but the image gives " + (y.dim() < 2 ? std::string("none") : str(y.size(-2))));
-  return y + position_embedding.to(y.dtype());
+  return y + position_embedding;  // same module, so same dtype and device as y
 }
 
 LlamaInput LlavaMerged::input() const {
