@@ -1,6 +1,6 @@
 // iris train vlm --encoder DIR --tokenizer tokenizer.model --out DIR [--work DIR]: the starter
-// pack's VLM (pipelines/vlm_training.h), stage by stage (augment with --ftz, text, align,
-// finetune), each resumable from --work and skipped once done.
+// pack's VLM (pipelines/vlm_training.h), stage by stage (augment with --ftz, vision with
+// --vision-steps, text, align, finetune), each resumable from --work and skipped once done.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -31,7 +31,7 @@ void add_train_vlm_command(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = train_command(app)->add_subcommand(
-      "vlm", "Train the starter pack's VLM (LLaVA layout, optional FtZ) on Tinyworld: augment, text, align, finetune");
+      "vlm", "Train the starter pack's VLM (LLaVA layout, optional FtZ) on Tinyworld: augment, vision, text, align, finetune");
   VlmTrainOptions& t = o->t;
   cmd->add_option("--encoder", t.encoder_dir, "CLIP vision encoder folder (the pack's image_encoder/)")->required();
   cmd->add_option("--tokenizer", t.tokenizer_path, "SentencePiece tokenizer.model (copied into --out)")->required();
@@ -52,6 +52,7 @@ void add_train_vlm_command(CLI::App& app) {
                 "Image sequences keep as many \"is there a ...?\" probes answered no as answered yes");
   cmd->add_option("--ema", t.finetune_ema, "EMA decay of the finetune weights, exported (0: off)")->capture_default_str();
   add_stage_options(cmd, "augment", t.augment);
+  add_stage_options(cmd, "vision", t.vision);
   add_stage_options(cmd, "text", t.text);
   add_stage_options(cmd, "align", t.align);
   add_stage_options(cmd, "finetune", t.finetune);

@@ -5,6 +5,9 @@
 //   augment   (FtZ only) the augmenting conv encoder + a linear patch decoder, trained to
 //             reconstruct the 64x64 render from the encoder's tokens (pixel-level perception);
 //             with augment_labels also linear heads reading each token's patch labels
+//   vision    (optional, vision_steps > 0) the anchor vision tower alone, with linear heads
+//             reading each patch's labels (colour, shape, size of the item covering it) from
+//             the features the projector takes: perception before the LM learns to read it
 //   text      the LLaMA decoder alone, language modelling on Tinyworld text laid out like the
 //             VQA prompts with a scene description or caption where the image goes:
 //               <s> USER: {description}\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
@@ -81,7 +84,7 @@ struct VlmTrainOptions {
   // linearly from the vision features the projector takes (the vision path learns to localise).
   double finetune_labels = 0.0;
   VlmModelSizes sizes;
-  VlmStageSchedule augment, text, align, finetune;
+  VlmStageSchedule augment, vision, text, align, finetune;  // vision: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)
   int64_t max_text_tokens = 0;  // text tokens per sequence (0: 192, tiny 64); images add their features
   int64_t scenes = 0;           // training scenes to draw from (0: a fresh scene every time)

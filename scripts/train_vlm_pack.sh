@@ -40,6 +40,8 @@
 #                  (--image-position; default 0)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
+#   VISION_STEPS=N the vision stage: the anchor tower alone learns dense patch labels before the
+#                  LM reads it (--vision-steps; default 0 = off)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
 #                  VLM's 2000 / 600 / 300 / 6000 (augment only with FTZ=1), so the command
 #                  reproduces assets/starter/vlm)
@@ -105,7 +107,7 @@ stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" -
 vlm_stage() {  # vlm_stage FINETUNE_STEPS
   $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
     --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
-    $(steps augment "${AUGMENT_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
+    $(steps augment "${AUGMENT_STEPS:-}") $(steps vision "${VISION_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
     $(steps finetune "$1") "${EXTRA[@]}"
 }
 stage vlm vlm_stage "${FINETUNE_STEPS:-}"

@@ -327,6 +327,42 @@ TEST(VlmTraining, FinetuneWithDenseLabelsMovesTheVisionTower) {
   EXPECT_FALSE(at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3));
 }
 
+// The vision stage (vision_steps > 0) trains the tower alone on dense patch labels: its loss
+// falls on a fixed batch, the exported tower moved, no head is exported, the LM is untouched,
+// the log reports the read-out accuracy, and a rerun with more steps continues the stage.
+TEST(VlmTraining, VisionStageTrainsTheTowerOnPatchLabels) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.vision.steps = 12;
+  o.vision.lr = 1e-2;
+  o.vision.warmup = 0;
+  o.fixed_batch = true;
+  o.checkpoint_every = 4;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& s) { lines.push_back(s); };
+  const VlmTrainReport r = train_vlm(o);
+  ASSERT_EQ(r.stages.front().name, "vision");
+  const std::vector<double>& L = r.stages.front().losses;
+  ASSERT_EQ(L.size(), 12u);
+  EXPECT_LT(L.back(), 0.8 * L.front()) << "the label loss falls on a fixed batch";
+  int reports = 0;
+  for (const std::string& l : lines) reports += l.find("[vision] patch labels read") != std::string::npos;
+  EXPECT_EQ(reports, 3);
+
+  const TensorStore enc = TensorStore::open((fs::path(o.encoder_dir) / "model.safetensors").string());
+  const TensorStore out = TensorStore::open((root / "out/model.safetensors").string());
+  for (const std::string& n : out.names()) EXPECT_EQ(n.find("_head"), std::string::npos) << n;
+  const std::string w = "vision_model.embeddings.patch_embedding.weight";
+  EXPECT_FALSE(at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3));
+  EXPECT_EQ(read_json_file((root / "work/vlm_run.json").string()).value("vision_batch", 0), 4) << "tiny image batch";
+
+  // More steps later: the stage resumes where it stopped.
+  o.vision.steps = 14;
+  const VlmTrainReport r2 = train_vlm(o);
+  EXPECT_EQ(r2.stages.front().start_step, 12);
+  EXPECT_EQ(r2.stages.front().final_step, 14);
+}
+
 // --image-position: align and finetune train the projector's image position embedding (zeros
 // at the start), the folder declares it and loads back.
 TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
