@@ -39,6 +39,8 @@ void add_train_visor_command(CLI::App& app) {
   cmd->add_flag("!--freeze-lm", t.train_language_model, "Keep the LM layers frozen (train only VISOR blocks and projector)");
   cmd->add_option("--describe-prob", t.describe_probability, "Share of \"Describe the image.\" questions")
       ->capture_default_str();
+  cmd->add_flag("--balance-existence", t.balance_existence,
+                "Universal training asks as many \"is there a ...?\" probes answered no as answered yes");
   cmd->add_option("--router-examples", t.router_examples, "Questions pseudo-labelled for the router")->capture_default_str();
   cmd->add_option("--router-steps", t.router_steps, "Router training steps")->capture_default_str();
   cmd->add_option("--router-lr", t.router_lr, "Router learning rate")->capture_default_str();

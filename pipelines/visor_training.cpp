@@ -88,7 +88,8 @@ void export_visor(VisorModel& m, const VisorTrainOptions& o) {
 // =============================================================================================
 // Data
 
-std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability) {
+std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability,
+                                          bool balance_existence) {
   std::vector<VisorVqaItem> out;
   const uint64_t base = world::hash_combine(seed, 0x5150ull);
   for (uint64_t i = 0; static_cast<int64_t>(out.size()) < count; ++i) {
@@ -101,6 +102,7 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
     qo.split = split;
     qo.describe = rng.chance(describe_probability);
     std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
+    if (balance_existence) world::balance_existence_probes(qs, rng);
     if (qs.empty()) continue;
     world::Question q = qs[rng.below(qs.size())];
     if (qo.describe)
@@ -313,7 +315,8 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
     if (trainer.resume()) log("resumed universal training at step " + str(trainer.current_step()));
     trainer.run([&](int64_t, at::Generator& gen) {
       const int64_t budget = at::randint(0, S + 1, {1}, gen).item<int64_t>();
-      const auto batch = visor_vqa_items(trainer.step_seed(), o.batch, world::Split::Train, o.describe_probability);
+      const auto batch = visor_vqa_items(trainer.step_seed(), o.batch, world::Split::Train, o.describe_probability,
+                                         o.balance_existence);
       at::Tensor loss = visor_answer_loss(m, batch, budget);
       report.universal_losses.push_back(loss.item<double>());
       return loss;

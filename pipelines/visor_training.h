@@ -49,6 +49,9 @@ struct VisorTrainOptions {
   double lr = 3e-4;
   bool train_language_model = true;  // false: only the VISOR blocks and the projector
   double describe_probability = 0.0; // chance a question is "Describe the image." (long answer)
+  // Universal training's questions drawn after world::balance_existence_probes, as the pack
+  // VLM's fine-tune saw them (the router's labels keep the natural mix it meets at inference).
+  bool balance_existence = false;
   // Router.
   int64_t router_examples = 256, router_steps = 300;
   double router_lr = 3e-3;
@@ -94,8 +97,10 @@ struct VisorVqaItem {
   Image image;
 };
 // `count` questions, one per scene, from scenes of `split` drawn from `seed` (questions of that
-// split's templates; describe questions with the given probability).
-std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability);
+// split's templates; describe questions with the given probability; with balance_existence
+// picked after world::balance_existence_probes).
+std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability,
+                                          bool balance_existence = false);
 
 // Mean answer-token cross-entropy of a batch at one budget (differentiable): the vision tower
 // runs without gradients, the projector, LM and VISOR blocks with them.

@@ -632,25 +632,7 @@ std::vector<world::Question> vlm_training_questions(const world::Scene& scene, w
   const bool describe = rng.chance(describe_p);
   qs.erase(std::remove_if(qs.begin(), qs.end(), [&](const world::Question& q) { return q.kind == "describe" && !describe; }),
            qs.end());
-  if (balance_existence) {
-    // make_questions probes one present object and up to three absent ones (random, popular,
-    // adversarial): trained on that mix a model learns "no" as a 75 % prior. Keep as many
-    // absent probes, drawn at random, as present ones, as POPE's own 50/50 splits do.
-    std::vector<size_t> absent;
-    size_t present = 0;
-    for (size_t i = 0; i < qs.size(); ++i) {
-      if (qs[i].pope.empty()) continue;
-      if (qs[i].answer == "yes") ++present;
-      else absent.push_back(i);
-    }
-    rng.shuffle(absent);
-    std::vector<uint8_t> drop(qs.size(), 0);
-    for (size_t k = present; k < absent.size(); ++k) drop[absent[k]] = 1;
-    std::vector<world::Question> kept;
-    for (size_t i = 0; i < qs.size(); ++i)
-      if (!drop[i]) kept.push_back(std::move(qs[i]));
-    qs = std::move(kept);
-  }
+  if (balance_existence) world::balance_existence_probes(qs, rng);
   rng.shuffle(qs);
   return qs;
 }

@@ -35,13 +35,15 @@
 #                  spanning N, a warm restart; default off)
 #   BALANCE_EXISTENCE=0  image sequences ask up to 3 "is there a ...?" probes answered no per
 #                  one answered yes, make_questions' own mix (default 1: as many of each,
-#                  --balance-existence)
+#                  --balance-existence, in the VLM's fine-tune and VISOR's universal training)
 #   IMAGE_POSITION=1  a learned position embedding on the projected image tokens
 #                  (--image-position; default 0)
 #   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
 #   THREADS=N      CPU threads (default 0: all cores)
 #   VISION_STEPS=N the vision stage: the anchor tower alone learns dense patch labels before the
 #                  LM reads it (--vision-steps; default 0 = off)
+#   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
+#                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
 #                  VLM's 2000 / 600 / 300 / 6000 (augment only with FTZ=1), so the command
 #                  reproduces assets/starter/vlm)
@@ -95,7 +97,8 @@ mkdir -p "$WORK" "$OUT"
 # checkpoints, a new VLM the draft's and VISOR's.
 stage_finished() {
   case $1 in
-    spm) rm -rf "$WORK"/vlm{,-continue}.done "${WORK:?}/vlm" ;;
+    spm) rm -rf "$WORK"/vlm{,-vision,-continue}.done "${WORK:?}/vlm" ;;
+    vlm-vision) rm -rf "$WORK"/vlm{,-continue}.done ;;
     vlm) rm -rf "$WORK"/{vlm-continue,draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
     vlm-continue) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
@@ -110,6 +113,13 @@ vlm_stage() {  # vlm_stage FINETUNE_STEPS
     $(steps augment "${AUGMENT_STEPS:-}") $(steps vision "${VISION_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
     $(steps finetune "$1") "${EXTRA[@]}"
 }
+if [ -n "${VISION_FIRST:-}" ]; then
+  # The vision stage alone to VISION_FIRST steps; the vlm stage then resumes it to VISION_STEPS
+  # under a longer schedule (a warm restart), as the shipped VLM was trained.
+  stage vlm-vision $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" \
+    --out "$WORK/vision-only" --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --vision-steps "$VISION_FIRST" \
+    --text-steps 0 --align-steps 0 --finetune-steps 0 $(steps augment "${AUGMENT_STEPS:-}") "${EXTRA[@]}"
+fi
 stage vlm vlm_stage "${FINETUNE_STEPS:-}"
 if [ "${FINETUNE_CONTINUE:-0}" != 0 ]; then
   stage vlm-continue vlm_stage "$FINETUNE_CONTINUE"
@@ -124,7 +134,7 @@ draft_stage() {
 }
 stage draft draft_stage
 stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-1500}" \
-  --threads "$THREADS" --f16 --eval "${VISOR_EVAL:-200}"
+  $([ "${BALANCE_EXISTENCE:-1}" = 1 ] && echo --balance-existence) --threads "$THREADS" --f16 --eval "${VISOR_EVAL:-200}"
 
 echo "== VLM: $OUT ($(du -sh "$OUT" | cut -f1))"
 if [ "$EVAL_N" -gt 0 ]; then

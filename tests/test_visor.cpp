@@ -517,6 +517,25 @@ TEST(VisorTraining, LearnsABatchWithGradientsWhereTheBudgetSays) {
   EXPECT_EQ(grad_norm(*m.visor->llava->vision_tower), 0);
 }
 
+// balance_existence: the training questions' existence probes are as often "yes" as "no"
+// (make_questions' own mix asks up to three absent objects per present one).
+TEST(VisorTraining, BalancedItemsAskPresentAndAbsentObjectsAlike) {
+  auto yes_no = [](bool balanced) {
+    std::pair<int, int> n{0, 0};
+    for (const VisorVqaItem& item : visor_vqa_items(5, 600, world::Split::Train, 0.0, balanced)) {
+      if (item.question.pope.empty()) continue;
+      (item.question.answer == "yes" ? n.first : n.second) += 1;
+    }
+    return n;
+  };
+  const auto plain = yes_no(false), balanced = yes_no(true);
+  EXPECT_GT(plain.second, 2 * plain.first) << plain.first << " yes, " << plain.second << " no";
+  ASSERT_GT(balanced.first, 20);
+  const double ratio = static_cast<double>(balanced.second) / balanced.first;
+  EXPECT_GT(ratio, 0.7) << balanced.first << " yes, " << balanced.second << " no";
+  EXPECT_LT(ratio, 1.4) << balanced.first << " yes, " << balanced.second << " no";
+}
+
 TEST(VisorTraining, PseudoLabelIsTheCheapestBudgetKeepingTheFullAnswer) {
   VisorModel m = VisorModel::load(visor_folder("visor"));
   const auto items = visor_vqa_items(3, 3, world::Split::Train, 0.0);

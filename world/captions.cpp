@@ -414,6 +414,23 @@ std::vector<std::pair<Color, Shape>> object_popularity(const SamplerOptions& sam
   return out;
 }
 
+void balance_existence_probes(std::vector<Question>& qs, Rng& rng) {
+  std::vector<size_t> absent;
+  size_t present = 0;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    if (qs[i].pope.empty()) continue;
+    if (qs[i].answer == "yes") ++present;
+    else absent.push_back(i);
+  }
+  rng.shuffle(absent);
+  std::vector<uint8_t> drop(qs.size(), 0);
+  for (size_t k = present; k < absent.size(); ++k) drop[absent[k]] = 1;
+  std::vector<Question> kept;
+  for (size_t i = 0; i < qs.size(); ++i)
+    if (!drop[i]) kept.push_back(std::move(qs[i]));
+  qs = std::move(kept);
+}
+
 std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOptions& opt) {
   std::vector<Question> qs;
   auto add = [&](const std::string& kind, std::vector<std::string> allowed,

@@ -82,6 +82,12 @@ struct QuestionOptions {
 
 std::vector<Question> make_questions(const Scene& scene, Rng& rng, const QuestionOptions& options = {});
 
+// Drops absent-object probes (answer "no"), chosen at random, until no more remain than
+// present-object ones, as POPE's own splits are 50/50: make_questions probes one present object
+// and up to three absent ones, and a model trained on that mix learns "no" as a 75 % prior.
+// Other questions and their order are kept.
+void balance_existence_probes(std::vector<Question>& questions, Rng& rng);
+
 // A long description (several sentences: objects, figure, background, style).
 std::string describe_scene(const Scene& scene, Rng& rng, bool allow_held_out_templates = false);
 
