@@ -3,6 +3,7 @@
 // call the libraries.
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -22,6 +23,9 @@ void add_sd_model_options(CLI::App* cmd, SdModelCliOptions& options);
 // Ctrl+C from here on asks the running operation to stop (between steps): pass the result as
 // a Progress::should_cancel. The operation then throws iris::Cancelled (exit code 130).
 std::function<bool()> cancel_on_interrupt();
+
+// --visor-budget: "auto" or "" (-1, the router decides) or a budget >= 0; ConfigError otherwise.
+int64_t parse_visor_budget(const std::string& s);
 
 void add_info_command(CLI::App& app);
 void add_parity_command(CLI::App& app);

@@ -33,20 +33,6 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
-// --visor-budget: "auto" (-1, the router) or a budget >= 0; "" = not given.
-int64_t parse_visor_budget(const std::string& s) {
-  if (s.empty() || s == "auto") return -1;
-  size_t used = 0;
-  long long v = -1;
-  try {
-    v = std::stoll(s, &used);
-  } catch (...) {
-    used = 0;
-  }
-  if (used != s.size() || v < 0) throw ConfigError("--visor-budget " + s + ": expected auto or a budget 0..N");
-  return v;
-}
-
 // Fails before the model loads when the PNG could not be written.
 void check_output_path(const std::string& path) {
   const std::filesystem::path dir = std::filesystem::path(path).parent_path();

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "app/cli.h"
+#include "core/error.h"
 
 namespace iris::cli {
 
@@ -32,6 +33,19 @@ SdLoadOptions SdModelCliOptions::load_options() const {
   lo.sk_adapter = sk_adapter;
   lo.log = [](const std::string& s) { std::fprintf(stderr, "note: %s\n", s.c_str()); };
   return lo;
+}
+
+int64_t parse_visor_budget(const std::string& s) {
+  if (s.empty() || s == "auto") return -1;
+  size_t used = 0;
+  long long v = -1;
+  try {
+    v = std::stoll(s, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (used != s.size() || v < 0) throw ConfigError("--visor-budget " + s + ": expected auto or a budget 0..N");
+  return v;
 }
 
 std::function<bool()> cancel_on_interrupt() {

@@ -1,7 +1,11 @@
 // `iris eval vlm`: a Tinyworld VLM on held-out scenes: short-answer accuracy, POPE per split,
-// CHAIR on descriptions (pipelines/vlm_eval.h).
+// CHAIR on descriptions (pipelines/vlm_eval.h). A VISOR folder is answered by the VISOR decoder
+// at --visor-budget (the router by default), with its visual compute against the LLaVA path.
+#include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
+#include <optional>
 
 #include "app/cli.h"
 #include "app/faithfulness_flags.h"
@@ -9,6 +13,7 @@
 #include "core/error.h"
 #include "core/mmap_file.h"
 #include "core/runtime.h"
+#include "pipelines/visor_vqa.h"
 #include "pipelines/vlm_eval.h"
 #include "pipelines/vqa.h"
 
@@ -18,13 +23,32 @@ namespace {
 
 void write_text(const std::string& path, const std::string& text) { write_file_atomic(path, text.data(), text.size()); }
 
+// What a VISOR eval's answers cost: visual FLOPs (VISOR and the LLaVA path on the same answers)
+// and the budgets run.
+struct VisorTally {
+  int64_t answers = 0, generated_tokens = 0;
+  double seconds = 0, flops = 0, llava_flops = 0;
+  std::map<int64_t, int64_t> budgets;
+  double saving() const { return flops > 0 ? llava_flops / flops : 0.0; }
+  Json json(int64_t requested_budget) const {
+    Json b = Json::object();
+    for (const auto& [k, n] : budgets) b[std::to_string(k)] = n;
+    return {{"budget", requested_budget < 0 ? Json("auto") : Json(requested_budget)},
+            {"answers", answers},
+            {"visual_mflops_per_answer", answers ? flops / answers / 1e6 : 0.0},
+            {"llava_visual_mflops_per_answer", answers ? llava_flops / answers / 1e6 : 0.0},
+            {"saving_vs_llava", saving()},
+            {"budgets_run", b}};
+  }
+};
+
 }  // namespace
 
 void add_eval_vlm_command(CLI::App& app) {
   auto* cmd = eval_command(app)->add_subcommand(
       "vlm", "VQA accuracy, POPE and CHAIR of a LLaVA-style model on held-out Tinyworld scenes");
   struct Opts {
-    std::string model, json, samples;
+    std::string model, json, samples, visor_budget;
     VlmEvalOptions e;
     VqaOptions v;  // the faithfulness methods (and a seed for SGRS' draws)
     int threads = 0;
@@ -45,26 +69,75 @@ void add_eval_vlm_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)");
   cmd->add_flag("-v,--verbose", o->verbose, "One line per answer on stdout");
   cmd->add_option("--sample-seed", o->v.sampling.seed, "Seed of SGRS' draws")->capture_default_str();
+  cmd->add_option("--visor-budget", o->visor_budget,
+                  "VISOR folders: auto (the router picks) or 0..N self-attention layers on (default auto)");
   add_faithfulness_flags(cmd, o->v.faithfulness);
-  // Later: --variant (ViSpec, VISOR) picks another VlmAnswerFn; the loop does not change.
+  // The loop reaches the model through a VlmAnswerFn: the LLaVA decoder (with the faithfulness
+  // methods) or, for a VISOR folder, the VISOR one. (ViSpec's output is plain decoding's.)
   cmd->callback([o] {
     validate(o->e);  // option errors before the model loads
+    const int64_t budget = parse_visor_budget(o->visor_budget);
+    const bool visor = is_visor_folder(o->model);
+    if (visor && o->v.faithfulness.any())
+      throw ConfigError("--var, --locore and --sgrs run on plain LLaVA decoding, not with a VISOR folder (" + o->model +
+                        ")");
+    if (!visor && !o->visor_budget.empty())
+      throw ConfigError("--visor-budget: " + o->model + " is a LLaVA folder, not a VISOR one (iris train visor makes one)");
     set_threads(o->threads);
-    VqaModel model = VqaModel::load(o->model);
-    o->v.faithfulness.validate(model.model->config().text);
+    std::optional<VisorModel> visor_model;
+    std::optional<VqaModel> llava_model;
+    if (visor) {
+      visor_model.emplace(VisorModel::load(o->model));
+      if (budget > visor_model->visor->max_budget())
+        throw ConfigError("--visor-budget " + o->visor_budget + ": " + o->model + " has budgets 0.." +
+                          std::to_string(visor_model->visor->max_budget()));
+    } else {
+      llava_model.emplace(VqaModel::load(o->model));
+      o->v.faithfulness.validate(llava_model->model->config().text);
+    }
+    VqaModel& model = visor ? visor_model->base : *llava_model;
+    VisorTally vt;
+    VlmAnswerFn visor_answer_fn = [&](const std::string& question, const Image& image, int64_t max_new_tokens) {
+      VisorAskOptions a;
+      a.vqa.max_new_tokens = max_new_tokens;
+      a.budget = budget;
+      const auto t0 = std::chrono::steady_clock::now();
+      const VisorAnswer r = visor_ask(*visor_model, image, question, a);
+      vt.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++vt.answers;
+      vt.generated_tokens += static_cast<int64_t>(r.answer.tokens.size());
+      vt.flops += r.flops.total();
+      vt.llava_flops += r.llava_flops.total();
+      ++vt.budgets[r.budget];
+      return r.answer.text;
+    };
     VlmEvalOptions e = o->e;
     e.progress.should_cancel = cancel_on_interrupt();
     ProgressBar bar;
     if (o->verbose) e.log = [](const std::string& s) { std::printf("%s\n", s.c_str()); };
     else e.progress.on_step = [&bar](int s, int t, const std::string& stage) { bar.update(s, t, stage); };
     VqaTally tally;
-    const VlmEvalResult r = run_vlm_eval(vqa_answerer(model, o->v, &tally), e);
+    const VlmEvalResult r = run_vlm_eval(visor ? visor_answer_fn : vqa_answerer(model, o->v, &tally), e);
     bar.finish();
-    const std::string methods = o->v.faithfulness.describe();
+    if (visor) {
+      tally.answers = vt.answers;
+      tally.generated_tokens = vt.generated_tokens;
+      tally.seconds = vt.seconds;
+    }
+    const std::string methods =
+        visor ? "VISOR, budget " + (budget < 0 ? std::string("auto (router)") : std::to_string(budget))
+              : o->v.faithfulness.describe();
     std::printf("model: %s\nmethods: %s\n%s", o->model.c_str(), methods.c_str(), format_vlm_eval_table(r, e).c_str());
     std::printf("generation: %lld tokens in %.1f s over %lld answers: %.1f tok/s (prefill included)\n",
                 static_cast<long long>(tally.generated_tokens), tally.seconds, static_cast<long long>(tally.answers),
                 tally.tokens_per_second());
+    if (visor) {
+      std::string used;
+      for (const auto& [k, n] : vt.budgets) used += " " + std::to_string(k) + "=" + std::to_string(n);
+      std::printf("VISOR visual compute: %.2f MFLOPs per answer, LLaVA path %.2f: %.2fx less (budgets run:%s)\n",
+                  vt.answers ? vt.flops / vt.answers / 1e6 : 0.0, vt.answers ? vt.llava_flops / vt.answers / 1e6 : 0.0,
+                  vt.saving(), used.c_str());
+    }
     const FaithfulnessOptions& f = o->v.faithfulness;
     if (f.var)
       std::printf("VAR: %lld of %lld examined attention rows redistributed\n",
@@ -83,6 +156,7 @@ void add_eval_vlm_command(CLI::App& app) {
                      {"redrawn", tally.sgrs.redrawn},
                      {"fallbacks", tally.sgrs.fallbacks},
                      {"saliency_calls", tally.sgrs.saliency_calls}};
+      if (visor) j["visor"] = vt.json(budget);
       j["model"] = o->model;
       j["methods"] = methods;
       j["generation"] = {{"answers", tally.answers},

@@ -616,5 +616,32 @@ TEST(VisorCli, TrainThenAskWithABudget) {
   r = run_cli("ask --model " + llava + " --image " + image + " --visor-budget 1 \"What color?\"");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.err.find("not a VISOR one"), std::string::npos) << r.err;
+
+  // iris eval vlm answers with the VISOR decoder at the budget asked, and reports its visual
+  // compute against the LLaVA path (budget 1 runs one self-attention block: more than budget 0).
+  const std::string json = testing_util::scratch("visor_eval.json");
+  const std::string eval = "eval vlm --model " + out + " --questions 4 --describe 1 --threads 1";
+  r = run_cli(eval + " --visor-budget 1 --json " + json);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("methods: VISOR, budget 1"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("budgets run: 1="), std::string::npos) << r.out;
+  const Json j = read_json_file(json);
+  ASSERT_TRUE(j.contains("visor")) << j.dump();
+  EXPECT_EQ(j["visor"]["budget"], 1);
+  const double b1 = j["visor"]["visual_mflops_per_answer"].get<double>();
+  EXPECT_GT(j["visor"]["saving_vs_llava"].get<double>(), 0.0);
+  r = run_cli(eval + " --visor-budget 0 --json " + json);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_LT(read_json_file(json)["visor"]["visual_mflops_per_answer"].get<double>(), b1);
+  // Errors: a budget the folder lacks, a budget for a LLaVA folder, LLaVA-only methods.
+  r = run_cli(eval + " --visor-budget 99");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("has budgets 0..1"), std::string::npos) << r.err;
+  r = run_cli("eval vlm --model " + llava + " --questions 4 --visor-budget 1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("not a VISOR one"), std::string::npos) << r.err;
+  r = run_cli(eval + " --var");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("not with a VISOR folder"), std::string::npos) << r.err;
 }
 #endif
