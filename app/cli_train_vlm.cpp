@@ -77,6 +77,9 @@ void add_train_vlm_command(CLI::App& app) {
                   "With --train-vision: weight of dense patch labels (colour, shape, size) read from the vision features "
                   "during the fine-tune (0: off)")
       ->capture_default_str();
+  cmd->add_flag("--scene-labels", t.scene_labels,
+                "The vision stage's and fine-tune's patch labels also read the scene's style and background from "
+                "every patch");
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

@@ -393,10 +393,13 @@ void check_label_grid(int res, int64_t grid) {
                       "no labels");
 }
 
-std::array<at::Tensor, 3> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid) {
+// With scene_labels two more targets per patch, the same for every patch of a scene: its
+// drawing style and its background (what the object labels alone would let the tower forget).
+std::vector<at::Tensor> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid,
+                                            bool scene_labels = false) {
   const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());
   const int64_t n_shapes = static_cast<int64_t>(world::all_shapes().size());
-  std::vector<int64_t> color, shape, size;
+  std::vector<int64_t> color, shape, size, style, background;
   for (const world::Scene& scene : scenes) {
     const int res = scene.resolution;
     check_label_grid(res, grid);
@@ -423,50 +426,66 @@ std::array<at::Tensor, 3> patch_label_targets(const std::vector<world::Scene>& s
           shape.push_back(1 + static_cast<int64_t>(ob.shape));
           size.push_back(1 + static_cast<int64_t>(ob.size));
         }
+        style.push_back(static_cast<int64_t>(scene.style));
+        background.push_back(static_cast<int64_t>(scene.background));
       }
   }
   auto t = [](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong); };
-  return {t(color), t(shape), t(size)};
+  std::vector<at::Tensor> out = {t(color), t(shape), t(size)};
+  if (scene_labels) out.push_back(t(style)), out.push_back(t(background));
+  return out;
 }
 
 // Linear read-outs of the patch labels from tokens of width `dim` (training aids, never
-// exported).
+// exported): colour, shape, size, and with scene_labels style and background.
 struct PatchLabelHeads {
-  torch::nn::Linear color{nullptr}, shape{nullptr}, size{nullptr};
-  PatchLabelHeads(int64_t dim, uint64_t seed) {
-    color = torch::nn::Linear(dim, static_cast<int64_t>(world::all_colors().size()) + 2);
-    shape = torch::nn::Linear(dim, static_cast<int64_t>(world::all_shapes().size()) + 2);
-    size = torch::nn::Linear(dim, static_cast<int64_t>(world::all_sizes().size()) + 1);
+  PatchLabelHeads(int64_t dim, uint64_t seed, bool scene_labels = false) {
+    auto add = [&](const char* name, const char* shown, size_t classes, bool items_only) {
+      heads.push_back({name, shown, torch::nn::Linear(dim, static_cast<int64_t>(classes)), items_only});
+    };
+    add("color_head.", "colour", world::all_colors().size() + 2, true);
+    add("shape_head.", "shape", world::all_shapes().size() + 2, true);
+    add("size_head.", "size", world::all_sizes().size() + 1, true);
+    if (scene_labels) {
+      add("style_head.", "style", world::all_styles().size(), false);
+      add("background_head.", "background", world::all_backgrounds().size(), false);
+    }
     at::NoGradGuard no_grad;
     at::Generator gen = at::detail::createCPUGenerator(seed);
-    for (auto* h : {&color, &shape, &size}) {
-      (*h)->weight.normal_(0.0, 0.02, gen);
-      (*h)->bias.zero_();
+    for (Head& h : heads) {
+      h.linear->weight.normal_(0.0, 0.02, gen);
+      h.linear->bias.zero_();
     }
+    right.assign(heads.size(), 0);
+    seen.assign(heads.size(), 0);
   }
   NamedTensors parameters(const std::string& prefix) {
     NamedTensors out;
-    for (auto& p : named_trainable_parameters(*color, prefix + "color_head.")) out.push_back(p);
-    for (auto& p : named_trainable_parameters(*shape, prefix + "shape_head.")) out.push_back(p);
-    for (auto& p : named_trainable_parameters(*size, prefix + "size_head.")) out.push_back(p);
+    for (Head& h : heads)
+      for (auto& p : named_trainable_parameters(*h.linear, prefix + h.name)) out.push_back(p);
     return out;
   }
-  // tokens [B, N, D] -> the summed cross-entropies of the three labels.
-  at::Tensor loss(const at::Tensor& tokens, const std::array<at::Tensor, 3>& labels) {
+  // tokens [B, N, D] -> the summed cross-entropies of the labels (the figure's size -100: ignored).
+  at::Tensor loss(const at::Tensor& tokens, const std::vector<at::Tensor>& labels) {
+    if (labels.size() != heads.size()) throw std::logic_error("PatchLabelHeads: labels do not match the heads");
     const at::Tensor flat = tokens.reshape({-1, tokens.size(2)}).to(at::kFloat);  // [B * N, D]
-    const std::array<at::Tensor, 3> logits = {color(flat), shape(flat), size(flat)};
-    tally(logits, labels);
-    return at::cross_entropy_loss(logits[0], labels[0]) + at::cross_entropy_loss(logits[1], labels[1]) +
-           at::cross_entropy_loss(logits[2], labels[2]);  // the figure's -100: ignored
+    at::Tensor total;
+    for (size_t i = 0; i < heads.size(); ++i) {
+      const at::Tensor logits = heads[i].linear(flat);
+      tally(i, logits, labels[i]);
+      const at::Tensor l = at::cross_entropy_loss(logits, labels[i]);
+      total = total.defined() ? total + l : l;
+    }
+    return total;
   }
-  // Read-out accuracy on the patches an item covers (class 0, the background, is most patches
-  // and would hide whether objects are read), since the last report: what the vision features
-  // tell, which the answers alone cannot show. "colour 97% shape 41% size 63%".
+  // Read-out accuracy since the last report: what the vision features tell, which the answers
+  // alone cannot show. Object labels count on the patches an item covers (class 0, the
+  // background, is most patches and would hide whether objects are read); scene labels on
+  // every patch. "colour 97% shape 41% size 63%".
   std::string report_and_reset() {
-    static const char* names[3] = {"colour", "shape", "size"};
     std::string out;
-    for (int i = 0; i < 3; ++i) {
-      out += (i ? " " : "") + std::string(names[i]) + " " +
+    for (size_t i = 0; i < heads.size(); ++i) {
+      out += (i ? " " : "") + std::string(heads[i].shown) + " " +
              (seen[i] ? std::to_string(static_cast<int>(100.0 * right[i] / seen[i] + 0.5)) + "%" : std::string("-"));
       right[i] = seen[i] = 0;
     }
@@ -474,14 +493,19 @@ struct PatchLabelHeads {
   }
 
  private:
-  std::array<int64_t, 3> right{}, seen{};
-  void tally(const std::array<at::Tensor, 3>& logits, const std::array<at::Tensor, 3>& labels) {
+  struct Head {
+    const char* name;   // parameter prefix
+    const char* shown;  // in reports
+    torch::nn::Linear linear;
+    bool items_only;    // accuracy over item patches (labels > 0) rather than every patch
+  };
+  std::vector<Head> heads;
+  std::vector<int64_t> right, seen;
+  void tally(size_t i, const at::Tensor& logits, const at::Tensor& labels) {
     at::NoGradGuard no_grad;
-    for (int i = 0; i < 3; ++i) {
-      const at::Tensor item = labels[i] > 0;  // neither background (0) nor ignored (-100)
-      right[i] += (logits[i].argmax(1).eq(labels[i]) & item).sum().item<int64_t>();
-      seen[i] += item.sum().item<int64_t>();
-    }
+    const at::Tensor counted = heads[i].items_only ? labels > 0 : labels >= 0;
+    right[i] += (logits.argmax(1).eq(labels) & counted).sum().item<int64_t>();
+    seen[i] += counted.sum().item<int64_t>();
   }
 };
 
@@ -582,7 +606,8 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
              {"fixed_batch", o.fixed_batch}};
   // Recorded only when on, so work folders made before the option still resume.
   if (o.balance_existence) fp["balance_existence"] = true;
-  if (vision_stage.steps > 0) fp["vision_batch"] = vision_stage.batch;  // steps, like the other stages', may grow
+  if (vision_stage.steps > 0) fp["vision_batch"] = vision_stage.batch;
+  if (o.scene_labels) fp["scene_labels"] = true;  // steps, like the other stages', may grow
   return fp;
 }
 
@@ -647,6 +672,9 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   if (o.max_text_tokens <= 0) o.max_text_tokens = o.tiny ? 64 : 192;
   if (o.describe_probability < 0 || o.describe_probability > 1)
     throw ConfigError("VLM training: describe_probability must be in [0, 1]");
+  if (o.scene_labels && o.vision.steps <= 0 && o.finetune_labels <= 0)
+    throw ConfigError("VLM training: scene_labels (style and background per patch) need the vision stage "
+                      "(vision steps > 0) or finetune_labels > 0 to train them");
   if (o.finetune_labels < 0 || (o.finetune_labels > 0 && !o.train_vision))
     throw ConfigError("VLM training: finetune_labels (" + std::to_string(o.finetune_labels) +
                       ") must be >= 0, and > 0 only with train_vision (frozen features cannot learn them)");
@@ -801,7 +829,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   const int64_t vision_grid = cfg.vision.image_size / cfg.vision.patch_size;
   std::optional<PatchLabelHeads> label_heads;
   if (s_vision.steps > 0) {
-    label_heads.emplace(cfg.vision.hidden_size, stage_seed(103));
+    label_heads.emplace(cfg.vision.hidden_size, stage_seed(103), o.scene_labels);
     set_trainable(*model, false);
     set_trainable(*model->vision_tower, true);
     NamedTensors params = named_trainable_parameters(*model->vision_tower, "vision.");
@@ -811,7 +839,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       std::vector<world::Scene> sc;
       const at::Tensor px = image_batch(seed, s_vision.batch, &sc);  // [B, 3, S, S]
       const at::Tensor v = model->vision_features(px);                // [B, N, Dv]
-      const at::Tensor loss = label_heads->loss(v, patch_label_targets(sc, vision_grid));
+      const at::Tensor loss = label_heads->loss(v, patch_label_targets(sc, vision_grid, o.scene_labels));
       if (++calls % std::max<int64_t>(o.checkpoint_every, 1) == 0)
         log("[vision] patch labels read (last " + str(std::max<int64_t>(o.checkpoint_every, 1)) +
             " steps): " + label_heads->report_and_reset());
@@ -876,7 +904,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   // objects in a small model trained from scratch).
   std::optional<PatchLabelHeads>& ft_heads = label_heads;
   if (o.finetune_labels > 0) {
-    if (!ft_heads) ft_heads.emplace(cfg.vision.hidden_size, stage_seed(102));
+    if (!ft_heads) ft_heads.emplace(cfg.vision.hidden_size, stage_seed(102), o.scene_labels);
     ft_heads->report_and_reset();
     for (auto& p : ft_heads->parameters("labels.")) ft_params.push_back(p);
   } else {
@@ -893,7 +921,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     const Batch b = vision_batch(seed, s_ft.batch, &sc).first;
     const at::Tensor v = model->vision_features(b.pixels);  // [B, N, Dv], N = vision_grid^2
     const at::Tensor loss = lm_loss(model, b, model->multi_modal_projector(v)) +
-                            o.finetune_labels * ft_heads->loss(v, patch_label_targets(sc, vision_grid));
+                            o.finetune_labels * ft_heads->loss(v, patch_label_targets(sc, vision_grid, o.scene_labels));
     if (++label_steps % label_report_every == 0)
       log("[finetune] patch labels read from the vision features (last " + str(label_report_every) +
           " steps): " + ft_heads->report_and_reset());

@@ -83,6 +83,9 @@ struct VlmTrainOptions {
   // > 0 (needs train_vision): the fine-tune adds this weight x the same dense patch labels read
   // linearly from the vision features the projector takes (the vision path learns to localise).
   double finetune_labels = 0.0;
+  // The vision stage's and the fine-tune's patch labels add each scene's drawing style and
+  // background, read from every patch (the object labels alone let the tower drop them).
+  bool scene_labels = false;
   VlmModelSizes sizes;
   VlmStageSchedule augment, vision, text, align, finetune;  // vision: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)

@@ -42,6 +42,8 @@
 #   THREADS=N      CPU threads (default 0: all cores)
 #   VISION_STEPS=N the vision stage: the anchor tower alone learns dense patch labels before the
 #                  LM reads it (--vision-steps; default 0 = off)
+#   SCENE_LABELS=1 the patch labels add the scene's style and background (--scene-labels;
+#                  default 0)
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
@@ -80,6 +82,7 @@ else
 fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
+[ "${SCENE_LABELS:-0}" = 1 ] && EXTRA+=(--scene-labels)
 if [ "${FTZ:-0}" = 1 ]; then
   EXTRA+=(--ftz)
   [ "${AUG_LABELS:-1}" = 1 ] && EXTRA+=(--aug-position --augment-labels)

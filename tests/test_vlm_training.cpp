@@ -363,6 +363,36 @@ TEST(VlmTraining, VisionStageTrainsTheTowerOnPatchLabels) {
   EXPECT_EQ(r2.stages.front().final_step, 14);
 }
 
+// --scene-labels: the vision stage also reads each scene's style and background from every
+// patch (reported with the object labels); without a stage to train them they are refused.
+TEST(VlmTraining, SceneLabelsJoinTheVisionStage) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.scene_labels = true;
+  try {
+    train_vlm(o);
+    ADD_FAILURE() << "scene labels with nothing to train them: accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("scene_labels"), std::string::npos) << e.what();
+  }
+  o.vision.steps = 4;
+  o.vision.lr = 1e-2;
+  o.vision.warmup = 0;
+  o.fixed_batch = true;
+  o.checkpoint_every = 4;
+  std::string report;
+  o.log = [&](const std::string& s) {
+    if (s.find("[vision] patch labels read") != std::string::npos) report = s;
+  };
+  const VlmTrainReport r = train_vlm(o);
+  EXPECT_NE(report.find("style "), std::string::npos) << report;
+  EXPECT_NE(report.find("background "), std::string::npos) << report;
+  // Five cross-entropies at the start: colour (10 classes), shape (6), size (4), style (4),
+  // background (4): about 2.3 + 1.8 + 1.4 + 1.4 + 1.4 nats.
+  EXPECT_GT(r.stages.front().losses.front(), 7.0);
+  EXPECT_EQ(read_json_file((root / "work/vlm_run.json").string()).value("scene_labels", false), true);
+}
+
 // --image-position: align and finetune train the projector's image position embedding (zeros
 // at the start), the folder declares it and loads back.
 TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
