@@ -100,7 +100,7 @@ TEST(StarterAssets, SmallVlmEvalAboveFloor) {
 
 // The pack's VISOR variant through the same small eval, answered by the VISOR decoder with its
 // router: above the same floors, and at least 4x less visual compute than the LLaVA path
-// (issue 7's bar; measured on the full eval: 45% short answers at 7.1x, POPE F1 76 / 92 / 77%).
+// (issue 7's bar; measured on the full eval: 48.2% short answers at 5.0x, POPE F1 77 / 91 / 78%).
 TEST(StarterAssets, SmallVisorEvalAboveFloorAtAFractionOfTheVisualCompute) {
   if (!fs::exists(kPack + "/vlm-visor/config.json")) GTEST_SKIP() << "no VISOR variant in the pack";
   VisorModel m = VisorModel::load(kPack + "/vlm-visor");
