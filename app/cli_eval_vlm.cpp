@@ -23,20 +23,20 @@ namespace {
 
 void write_text(const std::string& path, const std::string& text) { write_file_atomic(path, text.data(), text.size()); }
 
-// What a VISOR eval's answers cost: visual FLOPs (VISOR and the LLaVA path on the same answers)
-// and the budgets run.
+// What a VISOR eval's answers cost beyond VqaTally's counts: visual FLOPs (VISOR and the LLaVA
+// path on the same answers) and the budgets run.
 struct VisorTally {
-  int64_t answers = 0, generated_tokens = 0;
-  double seconds = 0, flops = 0, llava_flops = 0;
+  double flops = 0, llava_flops = 0;
   std::map<int64_t, int64_t> budgets;
   double saving() const { return flops > 0 ? llava_flops / flops : 0.0; }
-  Json json(int64_t requested_budget) const {
+  double mflops_per_answer(double f, int64_t answers) const { return answers ? f / answers / 1e6 : 0.0; }
+  Json json(int64_t requested_budget, int64_t answers) const {
     Json b = Json::object();
     for (const auto& [k, n] : budgets) b[std::to_string(k)] = n;
     return {{"budget", requested_budget < 0 ? Json("auto") : Json(requested_budget)},
             {"answers", answers},
-            {"visual_mflops_per_answer", answers ? flops / answers / 1e6 : 0.0},
-            {"llava_visual_mflops_per_answer", answers ? llava_flops / answers / 1e6 : 0.0},
+            {"visual_mflops_per_answer", mflops_per_answer(flops, answers)},
+            {"llava_visual_mflops_per_answer", mflops_per_answer(llava_flops, answers)},
             {"saving_vs_llava", saving()},
             {"budgets_run", b}};
   }
@@ -96,6 +96,7 @@ void add_eval_vlm_command(CLI::App& app) {
       o->v.faithfulness.validate(llava_model->model->config().text);
     }
     VqaModel& model = visor ? visor_model->base : *llava_model;
+    VqaTally tally;
     VisorTally vt;
     VlmAnswerFn visor_answer_fn = [&](const std::string& question, const Image& image, int64_t max_new_tokens) {
       VisorAskOptions a;
@@ -103,9 +104,9 @@ void add_eval_vlm_command(CLI::App& app) {
       a.budget = budget;
       const auto t0 = std::chrono::steady_clock::now();
       const VisorAnswer r = visor_ask(*visor_model, image, question, a);
-      vt.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ++vt.answers;
-      vt.generated_tokens += static_cast<int64_t>(r.answer.tokens.size());
+      tally.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++tally.answers;
+      tally.generated_tokens += static_cast<int64_t>(r.answer.tokens.size());
       vt.flops += r.flops.total();
       vt.llava_flops += r.llava_flops.total();
       ++vt.budgets[r.budget];
@@ -116,14 +117,8 @@ void add_eval_vlm_command(CLI::App& app) {
     ProgressBar bar;
     if (o->verbose) e.log = [](const std::string& s) { std::printf("%s\n", s.c_str()); };
     else e.progress.on_step = [&bar](int s, int t, const std::string& stage) { bar.update(s, t, stage); };
-    VqaTally tally;
     const VlmEvalResult r = run_vlm_eval(visor ? visor_answer_fn : vqa_answerer(model, o->v, &tally), e);
     bar.finish();
-    if (visor) {
-      tally.answers = vt.answers;
-      tally.generated_tokens = vt.generated_tokens;
-      tally.seconds = vt.seconds;
-    }
     const std::string methods =
         visor ? "VISOR, budget " + (budget < 0 ? std::string("auto (router)") : std::to_string(budget))
               : o->v.faithfulness.describe();
@@ -135,7 +130,7 @@ void add_eval_vlm_command(CLI::App& app) {
       std::string used;
       for (const auto& [k, n] : vt.budgets) used += " " + std::to_string(k) + "=" + std::to_string(n);
       std::printf("VISOR visual compute: %.2f MFLOPs per answer, LLaVA path %.2f: %.2fx less (budgets run:%s)\n",
-                  vt.answers ? vt.flops / vt.answers / 1e6 : 0.0, vt.answers ? vt.llava_flops / vt.answers / 1e6 : 0.0,
+                  vt.mflops_per_answer(vt.flops, tally.answers), vt.mflops_per_answer(vt.llava_flops, tally.answers),
                   vt.saving(), used.c_str());
     }
     const FaithfulnessOptions& f = o->v.faithfulness;
@@ -156,7 +151,7 @@ void add_eval_vlm_command(CLI::App& app) {
                      {"redrawn", tally.sgrs.redrawn},
                      {"fallbacks", tally.sgrs.fallbacks},
                      {"saliency_calls", tally.sgrs.saliency_calls}};
-      if (visor) j["visor"] = vt.json(budget);
+      if (visor) j["visor"] = vt.json(budget, tally.answers);
       j["model"] = o->model;
       j["methods"] = methods;
       j["generation"] = {{"answers", tally.answers},
