@@ -1,6 +1,6 @@
 // iris train vlm --encoder DIR --tokenizer tokenizer.model --out DIR [--work DIR]: the starter
 // pack's VLM (pipelines/vlm_training.h), stage by stage (augment with --ftz, vision with
-// --vision-steps, text, align, finetune), each resumable from --work and skipped once done.
+// --vision-steps, text, grid with --grid-steps, align, finetune), each resumable from --work and skipped once done.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -31,7 +31,8 @@ void add_train_vlm_command(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   CLI::App* cmd = train_command(app)->add_subcommand(
-      "vlm", "Train the starter pack's VLM (LLaVA layout, optional FtZ) on Tinyworld: augment, vision, text, align, finetune");
+      "vlm", "Train the starter pack's VLM (LLaVA layout, optional FtZ) on Tinyworld: augment, vision, text, grid, align, "
+      "finetune");
   VlmTrainOptions& t = o->t;
   cmd->add_option("--encoder", t.encoder_dir, "CLIP vision encoder folder (the pack's image_encoder/)")->required();
   cmd->add_option("--tokenizer", t.tokenizer_path, "SentencePiece tokenizer.model (copied into --out)")->required();
@@ -54,6 +55,7 @@ void add_train_vlm_command(CLI::App& app) {
   add_stage_options(cmd, "augment", t.augment);
   add_stage_options(cmd, "vision", t.vision);
   add_stage_options(cmd, "text", t.text);
+  add_stage_options(cmd, "grid", t.grid);
   add_stage_options(cmd, "align", t.align);
   add_stage_options(cmd, "finetune", t.finetune);
   VlmModelSizes& s = t.sizes;
@@ -80,6 +82,10 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_flag("--scene-labels", t.scene_labels,
                 "The vision stage's and fine-tune's patch labels also read the scene's style and background from "
                 "every patch");
+  cmd->add_option("--align-grid", t.align_grid,
+                  "After a grid stage (--grid-steps): weight of align's pull of the projected image tokens towards "
+                  "the symbolic image the LM learned to read")
+      ->capture_default_str();
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

@@ -40,6 +40,7 @@ namespace iris {
 //   vision    0      1e-3   50       32 images   (off unless asked; 6000 steps: patch shape
 //                                                 read 96 %, vs 58 % from the fine-tune's labels)
 //   text      1000   2e-3   100      8 sequences
+//   grid      0      1e-3   100      8           (off unless asked)
 //   align     1000   2e-3   50       8
 //   finetune  4000   1e-3   100      8
 namespace {
@@ -51,6 +52,7 @@ struct StageDefaults {
 constexpr StageDefaults kAugment{400, 40, 32, 2e-3};
 constexpr StageDefaults kVision{0, 50, 32, 1e-3};  // off unless asked for
 constexpr StageDefaults kText{1000, 100, 0, 2e-3};
+constexpr StageDefaults kGrid{0, 100, 0, 1e-3};  // off unless asked for
 constexpr StageDefaults kAlign{1000, 50, 0, 2e-3};
 constexpr StageDefaults kFinetune{4000, 100, 0, 1e-3};
 
@@ -335,7 +337,9 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
 
 // Cross-entropy of the batch's targets. features [B, T, H] replace the <image> token (undefined
 // for text batches).
-at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features) {
+// `right`, when given, counts the targets whose argmax is the label (no gradient).
+at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
+                   int64_t* right = nullptr) {
   LlamaForCausalLM& lm = model->language_model;
   at::Tensor x = lm->model->embed(b.ids);  // [B, L, H]
   if (features.defined()) {
@@ -348,7 +352,12 @@ at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const a
   fo.logits = LogitsMode::None;
   const at::Tensor h = lm->forward(in, nullptr, fo).last_hidden_state;  // [B, L', H]
   const at::Tensor picked = h.reshape({-1, h.size(2)}).index_select(0, b.rows);  // [N, H]
-  return at::cross_entropy_loss(lm->logits(picked).to(at::kFloat), b.labels);
+  const at::Tensor logits = lm->logits(picked).to(at::kFloat);                    // [N, V]
+  if (right) {
+    at::NoGradGuard no_grad;
+    *right += logits.argmax(1).eq(b.labels).sum().item<int64_t>();
+  }
+  return at::cross_entropy_loss(logits, b.labels);
 }
 
 // [B, 3, S, S] -> [B, (S/P)^2, 3 P P]: each patch's pixels, the decoder head's target.
@@ -517,6 +526,67 @@ struct PatchLabelHeads {
   }
 };
 
+// The symbolic image of a scene (the grid stage's stand-in for the image features): per patch
+// of the grid, the sum of the LM's embeddings of the words naming the patch labels
+// (patch_label_targets with scene labels: colour, shape and size of the covering item; style
+// and background everywhere; a multi-piece word is its pieces' mean; the stick figure is
+// "stick" + "figure"; a background patch names no item) plus a learned position vector per
+// patch. Computed from the live embedding table, so the LM's words and the grid stay one
+// vocabulary while the LM trains.
+struct SymbolicImage {
+  SymbolicImage(const VlmVocab& v, int64_t grid, int64_t hidden, uint64_t seed) : grid(grid) {
+    const int64_t V = v.vocab_size;
+    // One bag-of-pieces matrix per label: row = class, with an all-zero row last for the
+    // classes that name nothing (the figure's size, -100).
+    auto bag = [&](const std::vector<std::string>& words) {
+      at::Tensor m = at::zeros({static_cast<int64_t>(words.size()) + 1, V});
+      for (size_t c = 0; c < words.size(); ++c) {
+        if (words[c].empty()) continue;
+        const std::vector<int64_t> ids = v.encode(words[c]);
+        for (int64_t id : ids) m[static_cast<int64_t>(c)][id] += 1.0 / static_cast<double>(ids.size());
+      }
+      return m;
+    };
+    std::vector<std::string> colors{""}, shapes{""}, sizes{""}, styles, backgrounds;
+    for (world::Color c : world::all_colors()) colors.push_back(world::name(c));
+    for (world::Shape c : world::all_shapes()) shapes.push_back(world::name(c));
+    for (world::Size c : world::all_sizes()) sizes.push_back(world::name(c));
+    for (world::Style c : world::all_styles()) styles.push_back(world::name(c));
+    for (world::Background c : world::all_backgrounds()) backgrounds.push_back(world::name(c));
+    colors.push_back("stick");
+    shapes.push_back("figure");
+    bags = {bag(colors), bag(shapes), bag(sizes), bag(styles), bag(backgrounds)};
+    position = at::empty({grid * grid, hidden});
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    position.normal_(0.0, 0.02, gen);
+    position.set_requires_grad(true);
+  }
+  // scenes -> [B, grid^2, H] in the embedding table's dtype.
+  at::Tensor operator()(const std::vector<world::Scene>& scenes, const at::Tensor& embedding) const {
+    const std::vector<at::Tensor> labels = patch_label_targets(scenes, grid, /*scene_labels=*/true);
+    const at::Tensor table = embedding.to(at::kFloat);  // [V, H]
+    at::Tensor x;
+    for (size_t i = 0; i < bags.size(); ++i) {
+      const int64_t none = bags[i].size(0) - 1;
+      const at::Tensor idx = at::where(labels[i] < 0, at::full_like(labels[i], none), labels[i]);  // [B * N]
+      const at::Tensor words = at::matmul(bags[i], table).index_select(0, idx);                   // [B * N, H]
+      x = x.defined() ? x + words : words;
+    }
+    const int64_t B = static_cast<int64_t>(scenes.size());
+    return (x.view({B, grid * grid, -1}) + position).to(embedding.scalar_type());
+  }
+  int64_t grid;
+  std::vector<at::Tensor> bags;  // [classes + 1, V] each: colour, shape, size, style, background
+  at::Tensor position;           // [grid^2, H], trained in the grid stage
+};
+
+// Relative squared error of projected image tokens against their symbolic image (the target
+// is not moved: the LM is frozen when align uses it).
+at::Tensor symbolic_regression(const at::Tensor& projected, const at::Tensor& symbolic) {
+  const at::Tensor target = symbolic.detach().to(at::kFloat);
+  return (projected.to(at::kFloat) - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stages
 
@@ -599,7 +669,7 @@ void set_trainable(torch::nn::Module& m, bool on) {
 
 // The run's settings that a work folder's checkpoints depend on.
 Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const ResolvedStage& text, const ResolvedStage& vision,
-                     const ResolvedStage& vision_stage) {
+                     const ResolvedStage& vision_stage, const ResolvedStage& grid_stage) {
   Json fp = {{"config", config},
              {"seed", o.seed},
              {"max_text_tokens", o.max_text_tokens},
@@ -616,18 +686,35 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
   if (o.balance_existence) fp["balance_existence"] = true;
   if (vision_stage.steps > 0) fp["vision_batch"] = vision_stage.batch;
   if (o.scene_labels) fp["scene_labels"] = true;  // steps, like the other stages', may grow
+  if (grid_stage.steps > 0) fp["grid"] = {{"batch", grid_stage.batch}, {"align_grid", o.align_grid}};
   return fp;
 }
 
+// A stage's key may join a work folder made without it (a grid stage added to a run whose
+// vision stage ran alone first) while neither that stage nor any after it has started there:
+// nothing trained so far depends on it.
 void check_work_dir(const std::string& work, const Json& fingerprint) {
   if (work.empty()) return;
   const fs::path path = fs::path(work) / "vlm_run.json";
   if (fs::exists(path)) {
-    const Json old = read_json_file(path.string());
-    for (const auto& [key, value] : fingerprint.items())
+    Json old = read_json_file(path.string());
+    static const std::map<std::string, std::vector<std::string>> joins_before = {
+        {"grid", {"grid", "align", "finetune"}}};
+    bool joined = false;
+    for (const auto& [key, value] : fingerprint.items()) {
+      if (!old.contains(key) && joins_before.count(key)) {
+        const auto& later = joins_before.at(key);
+        if (std::none_of(later.begin(), later.end(), [&](const std::string& st) { return fs::exists(fs::path(work) / st); })) {
+          old[key] = value;
+          joined = true;
+          continue;
+        }
+      }
       if (!old.contains(key) || old[key] != value)
         throw ConfigError(path.string() + ": this work folder was made with another \"" + key +
                           "\" (model sizes, tokenizer, encoder or data options); use another --work or the same options");
+    }
+    if (joined) write_json(path.string(), old);
     return;
   }
   write_json(path.string(), fingerprint);
@@ -703,11 +790,13 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   const ResolvedStage s_aug = resolve_stage("augment", o.augment, kAugment, o);
   const ResolvedStage s_vision = resolve_stage("vision", o.vision, kVision, o);
   const ResolvedStage s_text = resolve_stage("text", o.text, kText, o);
+  const ResolvedStage s_grid = resolve_stage("grid", o.grid, kGrid, o);
   const ResolvedStage s_align = resolve_stage("align", o.align, kAlign, o);
   const ResolvedStage s_ft = resolve_stage("finetune", o.finetune, kFinetune, o);
-  for (const ResolvedStage* s : {&s_aug, &s_vision, &s_text, &s_align, &s_ft})
+  for (const ResolvedStage* s : {&s_aug, &s_vision, &s_text, &s_grid, &s_align, &s_ft})
     if (s->steps < 0 || s->batch < 1) throw ConfigError("VLM training: stage " + s->name + " needs steps >= 0 and batch >= 1");
-  check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft, s_vision));
+  if (o.align_grid < 0) throw ConfigError("VLM training: --align-grid must be >= 0 (got " + std::to_string(o.align_grid) + ")");
+  check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft, s_vision, s_grid));
 
   // Model: seeded init, the pack's encoder as the vision tower, FtZ fusions starting as identity.
   at::manual_seed(o.seed);
@@ -749,7 +838,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   // Patch labels need whole patches of the scenes: checked now, not after the first stages.
   const int scene_res = world::SamplerOptions{}.resolution;
   if (o.augment_labels && o.ftz) check_label_grid(scene_res, cfg.vision.image_size / sizes.aug_patch);
-  if (o.finetune_labels > 0 || s_vision.steps > 0)
+  if (o.finetune_labels > 0 || s_vision.steps > 0 || s_grid.steps > 0)
     check_label_grid(scene_res, cfg.vision.image_size / cfg.vision.patch_size);
 
   auto image_batch = [&](uint64_t seed, int64_t B, std::vector<world::Scene>* out_scenes) {
@@ -880,6 +969,36 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     log("[align] example (" + str(ex.second.turns) + " turns): " + decode_for_log(vocab, ex.second.ids));
   }
 
+  // ---- grid: the LM alone learns to answer from the symbolic image ----
+  // Its answer-token accuracy is logged: how well the LM reads a perfect patch grid bounds what
+  // it can read from vision features.
+  std::optional<SymbolicImage> symbolic;
+  const at::Tensor& embedding = model->language_model->model->embed_tokens->weight;
+  if (s_grid.steps > 0) {
+    symbolic.emplace(vocab, vision_grid, cfg.text.hidden_size, stage_seed(104));
+    if (symbolic->grid * symbolic->grid != T)
+      throw ConfigError("VLM training: the grid stage needs one image feature per patch (" + str(T) + " features, " +
+                        str(vision_grid) + "x" + str(vision_grid) + " patches); not with FtZ's extra tokens");
+    set_trainable(*model, false);
+    set_trainable(*model->language_model, true);
+    NamedTensors params = named_trainable_parameters(*model->language_model, "lm.");
+    params.push_back({"grid.position", symbolic->position});
+    int64_t right = 0, seen = 0, steps = 0;
+    report.stages.push_back(run_stage(s_grid, stage_seed(5), params, o, 0.0, [&](uint64_t seed) {
+      std::vector<world::Scene> sc;
+      const Batch b = vision_batch(seed, s_grid.batch, &sc).first;
+      const at::Tensor loss = lm_loss(model, b, (*symbolic)(sc, embedding), &right);
+      seen += b.labels.numel();
+      if (++steps >= std::max<int64_t>(o.checkpoint_every, 1)) {
+        log("[grid] answer tokens right (last " + str(steps) + " steps): " +
+            std::to_string(static_cast<int>(100.0 * static_cast<double>(right) / static_cast<double>(seen) + 0.5)) + "%");
+        right = seen = steps = 0;
+      }
+      return loss;
+    }));
+    symbolic->position.set_requires_grad(false);
+  }
+
   // ---- align: projector (+ fusion), LM and vision frozen ----
   set_trainable(*model, false);
   set_trainable(*model->multi_modal_projector, true);
@@ -889,8 +1008,19 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     for (auto& p : named_trainable_parameters(*model->ftz->fusions, "ftz.fusions.")) align_params.push_back(p);
   }
   report.stages.push_back(run_stage(s_align, stage_seed(2), align_params, o, 0.0, [&](uint64_t seed) {
-    const Batch b = vision_batch(seed, s_align.batch).first;
-    return lm_loss(model, b, features(b.pixels, static_cast<bool>(model->ftz)));
+    std::vector<world::Scene> sc;
+    const Batch b = vision_batch(seed, s_align.batch, &sc).first;
+    const at::Tensor f = features(b.pixels, static_cast<bool>(model->ftz));  // [B, T, H]
+    at::Tensor loss = lm_loss(model, b, f);
+    if (symbolic && o.align_grid > 0) {
+      at::Tensor target;
+      {
+        at::NoGradGuard no_grad;
+        target = (*symbolic)(sc, embedding);
+      }
+      loss = loss + o.align_grid * symbolic_regression(f, target);
+    }
+    return loss;
   }));
 
   // ---- finetune: LM + projector (+ fusion, + vision with train_vision) ----

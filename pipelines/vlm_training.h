@@ -12,7 +12,14 @@
 //             VQA prompts with a scene description or caption where the image goes:
 //               <s> USER: {description}\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
 //             (loss on every token): the LM learns the language and to answer from scene content
-//   align     projector (+ FtZ fusion) with LM and vision frozen (LLaVA stage 1)
+//   grid      (optional, grid_steps > 0) the LLaMA decoder alone on the image sequences, with a
+//             *symbolic image* where the image features go: per patch, the sum of the LM's own
+//             embeddings of the words naming what covers it (colour, shape, size; the scene's
+//             style and background) and a learned per-patch position vector. The LM learns to
+//             read a patch grid from clean symbols, where it learns fast, before it meets the
+//             noisy vision features (see VlmTrainOptions::align_grid)
+//   align     projector (+ FtZ fusion) with LM and vision frozen (LLaVA stage 1); after a grid
+//             stage also pulled towards the symbolic image of the same scene
 //   finetune  LM + projector (+ fusion; + vision with train_vision) (LLaVA stage 2)
 //
 // Image sequences (align, finetune), one per image, questions in a random order:
@@ -86,8 +93,12 @@ struct VlmTrainOptions {
   // The vision stage's and the fine-tune's patch labels add each scene's drawing style and
   // background, read from every patch (the object labels alone let the tower drop them).
   bool scene_labels = false;
+  // After a grid stage: weight of the align stage's regression of the projected image tokens
+  // onto the scene's symbolic image (relative squared error), besides the answers' loss: the
+  // projector learns to say, patch by patch, what the LM has learned to read.
+  double align_grid = 1.0;
   VlmModelSizes sizes;
-  VlmStageSchedule augment, vision, text, align, finetune;  // vision: 0 steps unless set
+  VlmStageSchedule augment, vision, text, grid, align, finetune;  // vision, grid: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)
   int64_t max_text_tokens = 0;  // text tokens per sequence (0: 192, tiny 64); images add their features
   int64_t scenes = 0;           // training scenes to draw from (0: a fresh scene every time)

@@ -44,6 +44,10 @@
 #                  LM reads it (--vision-steps; default 0 = off)
 #   SCENE_LABELS=1 the patch labels add the scene's style and background (--scene-labels;
 #                  default 0)
+#   GRID_STEPS=N   the grid stage: the LM learns to answer from a symbolic image (per patch, the
+#                  embeddings of the words naming what covers it) before align, which then pulls
+#                  the projected image tokens towards it (--grid-steps; default 0 = off)
+#   ALIGN_GRID=W   weight of that pull (--align-grid; default 1)
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
@@ -86,6 +90,7 @@ fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
 [ "${SCENE_LABELS:-0}" = 1 ] && EXTRA+=(--scene-labels)
+[ -n "${ALIGN_GRID:-}" ] && EXTRA+=(--align-grid "$ALIGN_GRID")
 if [ "${FTZ:-0}" = 1 ]; then
   EXTRA+=(--ftz)
   [ "${AUG_LABELS:-1}" = 1 ] && EXTRA+=(--aug-position --augment-labels)
@@ -116,7 +121,7 @@ stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" -
 vlm_stage() {  # vlm_stage FINETUNE_STEPS
   $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
     --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
-    $(steps augment "${AUGMENT_STEPS:-}") $(steps vision "${VISION_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
+    $(steps augment "${AUGMENT_STEPS:-}") $(steps vision "${VISION_STEPS:-}") $(steps text "${TEXT_STEPS:-}") $(steps grid "${GRID_STEPS:-}") $(steps align "${ALIGN_STEPS:-}") \
     $(steps finetune "$1") "${EXTRA[@]}"
 }
 if [ -n "${VISION_FIRST:-}" ]; then

@@ -393,6 +393,76 @@ TEST(VlmTraining, SceneLabelsJoinTheVisionStage) {
   EXPECT_EQ(read_json_file((root / "work/vlm_run.json").string()).value("scene_labels", false), true);
 }
 
+// --grid-steps: the LM learns to answer from the symbolic image (the loss falls on a fixed
+// batch, the answer-token accuracy is reported, the position table is checkpointed so a rerun
+// skips the stage); align then adds the projected tokens' regression onto it (a term > 0 that
+// --align-grid 0 leaves out).
+TEST(VlmTraining, GridStageTeachesTheLmASymbolicImageThatAlignPullsTowards) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.grid.steps = 12;
+  o.grid.lr = 1e-2;
+  o.grid.warmup = 0;
+  o.align.steps = 2;
+  o.align.warmup = 0;
+  o.fixed_batch = true;
+  o.checkpoint_every = 4;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& s) { lines.push_back(s); };
+  const VlmTrainReport r = train_vlm(o);
+  ASSERT_EQ(r.stages.size(), 4u);  // text (skipped), grid, align, finetune (skipped)
+  ASSERT_EQ(r.stages[1].name, "grid");
+  const std::vector<double>& L = r.stages[1].losses;
+  ASSERT_EQ(L.size(), 12u);
+  EXPECT_LT(L.back(), 0.8 * L.front()) << "the LM learns the fixed batch from its symbolic image";
+  int reports = 0;
+  for (const std::string& l : lines) reports += l.find("[grid] answer tokens right") != std::string::npos;
+  EXPECT_EQ(reports, 3);
+  const Json fp = read_json_file((root / "work/vlm_run.json").string());
+  ASSERT_TRUE(fp.contains("grid"));
+  EXPECT_EQ(fp["grid"].value("align_grid", 0.0), 1.0);
+  const double align_with = r.stages[2].losses.front();
+
+  // A rerun finds the grid stage done (its position table restored from the checkpoint).
+  o.align.steps = 3;
+  const VlmTrainReport r2 = train_vlm(o);
+  EXPECT_TRUE(r2.stages[1].skipped);
+  EXPECT_EQ(r2.stages[2].start_step, 2);
+
+  // The same run without the regression: align's first loss is the answers' loss alone.
+  VlmTrainOptions n = o;
+  n.work_dir = (root / "work-no-regression").string();
+  n.align.steps = 2;
+  n.align_grid = 0;
+  const VlmTrainReport r3 = train_vlm(n);
+  EXPECT_GT(align_with, r3.stages[2].losses.front() + 0.5)
+      << "the relative regression error starts near 1 or above";
+
+  // A grid stage may join a work folder where no stage from it on has started (the vision
+  // stage run alone first), not one whose align has run.
+  VlmTrainOptions v = tiny_options(root, 0);
+  v.work_dir = (root / "work-join").string();
+  v.vision.steps = 1;
+  train_vlm(v);
+  v.grid.steps = 1;
+  EXPECT_NO_THROW(train_vlm(v));
+  VlmTrainOptions late = tiny_options(root, 0);
+  late.work_dir = (root / "work-late").string();
+  late.align.steps = 1;
+  train_vlm(late);
+  late.grid.steps = 1;
+  EXPECT_THROW(train_vlm(late), ConfigError);
+
+  n.align_grid = -1;
+  n.work_dir.clear();
+  try {
+    train_vlm(n);
+    ADD_FAILURE() << "negative --align-grid accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--align-grid"), std::string::npos) << e.what();
+  }
+}
+
 // --image-position: align and finetune train the projector's image position embedding (zeros
 // at the start), the folder declares it and loads back.
 TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
