@@ -200,7 +200,10 @@ std::vector<VisorEvalRow> evaluate_visor(VisorModel& m, VqaModel* llava, const s
     const LlavaConfig& lc = llava->model->config();
     for (const VisorVqaItem& item : items) {
       const VqaAnswer a = ask(*llava, item.image, item.question.question, vo);
-      r.correct += answers_match(a.text, item.question.answer);
+      const bool ok = answers_match(a.text, item.question.answer);
+      r.correct += ok;
+      r.by_kind[item.question.kind].first += ok;
+      ++r.by_kind[item.question.kind].second;
       const VisualWorkload w = visual_workload(vqa_prompt_ids(*llava, item.question.question, vo), lc.image_token_index,
                                                lc.image_feature_tokens(), static_cast<int64_t>(a.tokens.size()));
       r.mean_visual_flops += llava_visual_flops(lc.text, w).total();
@@ -218,7 +221,10 @@ std::vector<VisorEvalRow> evaluate_visor(VisorModel& m, VqaModel* llava, const s
     o.budget = budget;
     for (const VisorVqaItem& item : items) {
       const VisorAnswer a = visor_ask(m, item.image, item.question.question, o);
-      r.correct += answers_match(a.answer.text, item.question.answer);
+      const bool ok = answers_match(a.answer.text, item.question.answer);
+      r.correct += ok;
+      r.by_kind[item.question.kind].first += ok;
+      ++r.by_kind[item.question.kind].second;
       r.mean_visual_flops += a.flops.total();
       if (budget < 0) ++r.chosen[static_cast<size_t>(a.budget)];
       ++r.asked;
@@ -254,6 +260,32 @@ std::string format_visor_eval(const std::vector<VisorEvalRow>& rows) {
     }
     out += "\n";
   }
+  // By question kind: which kinds a gap between the paths comes from.
+  std::map<std::string, int64_t> kinds;
+  for (const VisorEvalRow& r : rows)
+    for (const auto& [k, cn] : r.by_kind) kinds[k] = std::max(kinds[k], cn.second);
+  if (!kinds.empty()) {
+    out += "by kind (% right)";
+    for (const auto& [k, n] : kinds) {
+      std::snprintf(buf, sizeof(buf), " %9s", (k.substr(0, 6) + "/" + str(n)).c_str());
+      out += buf;
+    }
+    out += "\n";
+    for (const VisorEvalRow& r : rows) {
+      std::snprintf(buf, sizeof(buf), "  %-15s", r.name.c_str());
+      out += buf;
+      for (const auto& [k, n] : kinds) {
+        const auto it = r.by_kind.find(k);
+        if (it == r.by_kind.end() || it->second.second == 0) {
+          out += "         -";
+        } else {
+          std::snprintf(buf, sizeof(buf), " %9.1f", 100.0 * static_cast<double>(it->second.first) / it->second.second);
+          out += buf;
+        }
+      }
+      out += "\n";
+    }
+  }
   return out;
 }
 
@@ -263,6 +295,9 @@ Json visor_eval_json(const std::vector<VisorEvalRow>& rows) {
     Json row = {{"name", r.name}, {"budget", r.budget}, {"asked", r.asked}, {"correct", r.correct},
                 {"accuracy", r.accuracy()}, {"mean_visual_flops", r.mean_visual_flops}};
     if (!r.chosen.empty()) row["chosen"] = r.chosen;
+    Json kinds = Json::object();
+    for (const auto& [k, cn] : r.by_kind) kinds[k] = {{"correct", cn.first}, {"asked", cn.second}};
+    row["by_kind"] = kinds;
     j.push_back(row);
   }
   return j;

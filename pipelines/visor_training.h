@@ -22,6 +22,7 @@
 // steps drops the labels and the router state (they belong to the previous universal model).
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,9 @@ struct VisorEvalRow {
   int64_t asked = 0, correct = 0;
   double mean_visual_flops = 0;
   std::vector<int64_t> chosen;  // router row: how often each budget was chosen
+  // question kind ("color", "exists", ...) -> (correct, asked): the table mixes every kind
+  // make_questions asks, existence probes included, unlike `iris eval vlm`'s short answers
+  std::map<std::string, std::pair<int64_t, int64_t>> by_kind;
   double accuracy() const { return asked ? static_cast<double>(correct) / static_cast<double>(asked) : 0.0; }
 };
 

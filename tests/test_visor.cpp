@@ -573,6 +573,14 @@ TEST(VisorTraining, RunExportsEvaluatesAndResumes) {
   EXPECT_EQ(r.eval[3].name, "router");
   EXPECT_GT(r.eval[0].mean_visual_flops, r.eval[2].mean_visual_flops);
   EXPECT_GT(r.eval[2].mean_visual_flops, r.eval[1].mean_visual_flops);
+  for (const VisorEvalRow& row : r.eval) {  // per question kind, adding up to the row
+    int64_t asked = 0, correct = 0;
+    for (const auto& [kind, cn] : row.by_kind) correct += cn.first, asked += cn.second;
+    EXPECT_EQ(asked, row.asked) << row.name;
+    EXPECT_EQ(correct, row.correct) << row.name;
+  }
+  EXPECT_NE(format_visor_eval(r.eval).find("by kind"), std::string::npos);
+  EXPECT_TRUE(read_json_file((fs::path(o.out_dir) / "visor_eval.json").string()).dump().find("by_kind") != std::string::npos);
   EXPECT_TRUE(fs::exists(fs::path(o.out_dir) / "visor_eval.json"));
   EXPECT_TRUE(fs::exists(fs::path(o.out_dir) / "tokenizer.model"));
   VisorModel m = VisorModel::load(o.out_dir);
