@@ -335,11 +335,9 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
   return b;
 }
 
-// Cross-entropy of the batch's targets. features [B, T, H] replace the <image> token (undefined
-// for text batches).
-// `right`, when given, counts the targets whose argmax is the label (no gradient).
-at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
-                   int64_t* right = nullptr) {
+// The LM's logits [N, V] (float) at the batch's target rows. features [B, T, H] replace the
+// <image> token (undefined for text batches).
+at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features) {
   LlamaForCausalLM& lm = model->language_model;
   at::Tensor x = lm->model->embed(b.ids);  // [B, L, H]
   if (features.defined()) {
@@ -350,9 +348,16 @@ at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const a
   in.inputs_embeds = x;
   LlamaForwardOptions fo;
   fo.logits = LogitsMode::None;
-  const at::Tensor h = lm->forward(in, nullptr, fo).last_hidden_state;  // [B, L', H]
+  const at::Tensor h = lm->forward(in, nullptr, fo).last_hidden_state;            // [B, L', H]
   const at::Tensor picked = h.reshape({-1, h.size(2)}).index_select(0, b.rows);  // [N, H]
-  const at::Tensor logits = lm->logits(picked).to(at::kFloat);                    // [N, V]
+  return lm->logits(picked).to(at::kFloat);
+}
+
+// Cross-entropy of the batch's targets; `right`, when given, counts the targets whose argmax
+// is the label.
+at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
+                   int64_t* right = nullptr) {
+  const at::Tensor logits = target_logits(model, b, features);  // [N, V]
   if (right) {
     at::NoGradGuard no_grad;
     *right += logits.argmax(1).eq(b.labels).sum().item<int64_t>();
@@ -585,6 +590,24 @@ struct SymbolicImage {
 at::Tensor symbolic_regression(const at::Tensor& projected, const at::Tensor& symbolic) {
   const at::Tensor target = symbolic.detach().to(at::kFloat);
   return (projected.to(at::kFloat) - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12);
+}
+
+// Teacher-forced answers of a batch, in row order: an answer (its tokens up to and including
+// EOS) is right when every token is the argmax.
+std::vector<bool> answers_right(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
+                                int64_t eos) {
+  const at::Tensor hit = target_logits(model, b, features).argmax(1).eq(b.labels);
+  const auto ok = hit.accessor<bool, 1>();
+  const auto label = b.labels.accessor<int64_t, 1>();
+  std::vector<bool> out;
+  bool all = true;
+  for (int64_t i = 0; i < b.labels.size(0); ++i) {
+    all = all && ok[i];
+    if (label[i] != eos) continue;
+    out.push_back(all);
+    all = true;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -968,12 +991,66 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     const auto ex = vision_batch(stage_seed(2), 1);
     log("[align] example (" + str(ex.second.turns) + " turns): " + decode_for_log(vocab, ex.second.ids));
   }
+  // With --check: after the grid, align and finetune stages (done now or earlier), the share of
+  // short answers right, teacher-forced, on 25 fixed batches of fresh training-split scenes:
+  // from the symbolic image (what the LM can read) and from the image (what it does read).
+  std::optional<SymbolicImage> symbolic;
+  const at::Tensor& embedding = model->language_model->model->embed_tokens->weight;
+  auto report_answers = [&](const std::string& stage, bool from_symbolic) {
+    if (o.check <= 0) return;
+    at::NoGradGuard no_grad;
+    std::map<std::string, std::pair<int64_t, int64_t>> by_kind;  // kind -> (right, asked)
+    for (uint64_t k = 0; k < 25; ++k) {
+      std::vector<world::Scene> sc;
+      const uint64_t seed = stage_seed(200 + k);
+      const at::Tensor pixels = image_batch(seed, 8, &sc);
+      const at::Tensor f = from_symbolic ? (*symbolic)(sc, embedding) : model->image_features(pixels);
+      // Four questions per scene, each the first turn of its own sequence (as the eval asks).
+      std::vector<std::vector<world::Question>> qs;
+      for (size_t i = 0; i < sc.size(); ++i) {
+        world::Rng rng(world::hash_combine(seed ^ 0xa5ull, i));
+        qs.push_back(vlm_training_questions(sc[i], rng, 0.0, o.balance_existence));
+      }
+      for (size_t j = 0; j < 4; ++j) {
+        std::vector<VlmSequence> seqs;
+        std::vector<std::string> kinds;
+        std::vector<int64_t> rows;  // the scenes asked (a question too long for max_text_tokens is not)
+        for (size_t i = 0; i < qs.size(); ++i) {
+          const world::Question& x = qs[i][j % qs[i].size()];
+          VlmSequence q;
+          try {
+            q = vlm_image_sequence(vocab, {x}, o.max_text_tokens);
+          } catch (const ConfigError&) {
+            continue;  // not even its prompt fits
+          }
+          if (q.ids.back() != vocab.eos) continue;  // its answer was cut
+          seqs.push_back(std::move(q));
+          kinds.push_back(x.kind);
+          rows.push_back(static_cast<int64_t>(i));
+        }
+        if (seqs.empty()) continue;
+        const std::vector<bool> ok = answers_right(model, collate(seqs, vocab, T), f.index_select(0, at::tensor(rows)), vocab.eos);
+        for (size_t i = 0; i < ok.size() && i < kinds.size(); ++i) {
+          by_kind[kinds[i]].first += ok[i];
+          ++by_kind[kinds[i]].second;
+        }
+      }
+    }
+    int64_t right = 0, asked = 0;
+    std::string kinds;
+    for (const auto& [kind, cn] : by_kind) {
+      right += cn.first, asked += cn.second;
+      kinds += " " + kind + " " + std::to_string(static_cast<int>(100.0 * cn.first / std::max<int64_t>(cn.second, 1) + 0.5));
+    }
+    log("[" + stage + "] first-turn answers right (teacher-forced, " + str(asked) + " questions) from the " +
+        (from_symbolic ? "symbolic image: " : "image: ") +
+        std::to_string(static_cast<int>(100.0 * static_cast<double>(right) / std::max<int64_t>(asked, 1) + 0.5)) +
+        "% —" + kinds);
+  };
 
   // ---- grid: the LM alone learns to answer from the symbolic image ----
   // Its answer-token accuracy is logged: how well the LM reads a perfect patch grid bounds what
   // it can read from vision features.
-  std::optional<SymbolicImage> symbolic;
-  const at::Tensor& embedding = model->language_model->model->embed_tokens->weight;
   if (s_grid.steps > 0) {
     symbolic.emplace(vocab, vision_grid, cfg.text.hidden_size, stage_seed(104));
     if (symbolic->grid * symbolic->grid != T)
@@ -983,8 +1060,9 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     set_trainable(*model->language_model, true);
     NamedTensors params = named_trainable_parameters(*model->language_model, "lm.");
     params.push_back({"grid.position", symbolic->position});
-    int64_t right = 0, seen = 0, steps = 0;
+    int64_t right = 0, seen = 0, steps = 0, calls = 0;
     report.stages.push_back(run_stage(s_grid, stage_seed(5), params, o, 0.0, [&](uint64_t seed) {
+      if (++calls % (5 * std::max<int64_t>(o.checkpoint_every, 1)) == 0) report_answers("grid", true);
       std::vector<world::Scene> sc;
       const Batch b = vision_batch(seed, s_grid.batch, &sc).first;
       const at::Tensor loss = lm_loss(model, b, (*symbolic)(sc, embedding), &right);
@@ -997,6 +1075,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       return loss;
     }));
     symbolic->position.set_requires_grad(false);
+    report_answers("grid", true);
   }
 
   // ---- align: projector (+ fusion), LM and vision frozen ----
@@ -1022,6 +1101,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     }
     return loss;
   }));
+  if (s_align.steps > 0) report_answers("align", false);
 
   // ---- finetune: LM + projector (+ fusion, + vision with train_vision) ----
   set_trainable(*model, false);
@@ -1058,6 +1138,11 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     if (const std::string r = ft_heads->report_if_due(o.checkpoint_every); !r.empty()) log("[finetune] " + r);
     return loss;
   }));
+
+  if (s_ft.steps > 0) {
+    report_answers("finetune", false);
+    if (symbolic) report_answers("finetune", true);
+  }
 
   // ---- export ----
   set_trainable(*model, false);

@@ -407,10 +407,16 @@ TEST(VlmTraining, GridStageTeachesTheLmASymbolicImageThatAlignPullsTowards) {
   o.align.warmup = 0;
   o.fixed_batch = true;
   o.checkpoint_every = 4;
+  o.check = 1;  // also the teacher-forced first-turn reports, from the symbolic image and the image
   std::vector<std::string> lines;
   o.log = [&](const std::string& s) { lines.push_back(s); };
   const VlmTrainReport r = train_vlm(o);
   ASSERT_EQ(r.stages.size(), 4u);  // text (skipped), grid, align, finetune (skipped)
+  int first_turn = 0;
+  for (const std::string& l : lines)
+    first_turn += (l.rfind("[grid] first-turn answers right", 0) == 0 && l.find("from the symbolic image: ") != std::string::npos) +
+                  (l.rfind("[align] first-turn answers right", 0) == 0 && l.find("from the image: ") != std::string::npos);
+  EXPECT_EQ(first_turn, 2);  // once after each stage (the grid's every 20 steps: not reached)
   ASSERT_EQ(r.stages[1].name, "grid");
   const std::vector<double>& L = r.stages[1].losses;
   ASSERT_EQ(L.size(), 12u);
