@@ -86,6 +86,9 @@ void add_train_vlm_command(CLI::App& app) {
                   "After a grid stage (--grid-steps): weight of align's pull of the projected image tokens towards "
                   "the symbolic image the LM learned to read")
       ->capture_default_str();
+  cmd->add_flag("--grid-own-table", t.grid_own_table,
+                "The grid stage's symbolic image names each label with a learned vector of its own instead of the "
+                "LM's word embeddings");
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

@@ -539,7 +539,8 @@ struct PatchLabelHeads {
 // patch. Computed from the live embedding table, so the LM's words and the grid stay one
 // vocabulary while the LM trains.
 struct SymbolicImage {
-  SymbolicImage(const VlmVocab& v, int64_t grid, int64_t hidden, uint64_t seed) : grid(grid) {
+  // own_table: a learned vector per label class (random start) instead of the word embeddings.
+  SymbolicImage(const VlmVocab& v, int64_t grid, int64_t hidden, uint64_t seed, bool own_table = false) : grid(grid) {
     const int64_t V = v.vocab_size;
     // One bag-of-pieces matrix per label: row = class, with an all-zero row last for the
     // classes that name nothing (the figure's size, -100).
@@ -565,17 +566,28 @@ struct SymbolicImage {
     at::Generator gen = at::detail::createCPUGenerator(seed);
     position.normal_(0.0, 0.02, gen);
     position.set_requires_grad(true);
+    if (own_table) {
+      int64_t rows = 0;
+      for (const at::Tensor& b : bags) rows += b.size(0);
+      table = at::empty({rows, hidden});
+      table.normal_(0.0, 0.02, gen);
+      table.set_requires_grad(true);
+    }
   }
   // scenes -> [B, grid^2, H] in the embedding table's dtype.
   at::Tensor operator()(const std::vector<world::Scene>& scenes, const at::Tensor& embedding) const {
     const std::vector<at::Tensor> labels = patch_label_targets(scenes, grid, /*scene_labels=*/true);
-    const at::Tensor table = embedding.to(at::kFloat);  // [V, H]
+    const at::Tensor words_table = embedding.to(at::kFloat);  // [V, H]
     at::Tensor x;
+    int64_t offset = 0;
     for (size_t i = 0; i < bags.size(); ++i) {
-      const int64_t none = bags[i].size(0) - 1;
+      const int64_t rows = bags[i].size(0), none = rows - 1;
       const at::Tensor idx = at::where(labels[i] < 0, at::full_like(labels[i], none), labels[i]);  // [B * N]
-      const at::Tensor words = at::matmul(bags[i], table).index_select(0, idx);                   // [B * N, H]
+      at::Tensor classes = table.defined() ? table.narrow(0, offset, rows) : at::matmul(bags[i], words_table);
+      if (table.defined()) classes = classes * (at::arange(rows) < none).unsqueeze(1);  // "none" names nothing
+      const at::Tensor words = classes.index_select(0, idx);  // [B * N, H]
       x = x.defined() ? x + words : words;
+      offset += rows;
     }
     const int64_t B = static_cast<int64_t>(scenes.size());
     return (x.view({B, grid * grid, -1}) + position).to(embedding.scalar_type());
@@ -583,6 +595,7 @@ struct SymbolicImage {
   int64_t grid;
   std::vector<at::Tensor> bags;  // [classes + 1, V] each: colour, shape, size, style, background
   at::Tensor position;           // [grid^2, H], trained in the grid stage
+  at::Tensor table;              // own_table: [sum of rows, H], trained in the grid stage; else undefined
 };
 
 // Relative squared error of projected image tokens against their symbolic image (the target
@@ -709,7 +722,10 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
   if (o.balance_existence) fp["balance_existence"] = true;
   if (vision_stage.steps > 0) fp["vision_batch"] = vision_stage.batch;
   if (o.scene_labels) fp["scene_labels"] = true;  // steps, like the other stages', may grow
-  if (grid_stage.steps > 0) fp["grid"] = {{"batch", grid_stage.batch}, {"align_grid", o.align_grid}};
+  if (grid_stage.steps > 0) {
+    fp["grid"] = {{"batch", grid_stage.batch}, {"align_grid", o.align_grid}};
+    if (o.grid_own_table) fp["grid"]["own_table"] = true;
+  }
   return fp;
 }
 
@@ -1052,7 +1068,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   // Its answer-token accuracy is logged: how well the LM reads a perfect patch grid bounds what
   // it can read from vision features.
   if (s_grid.steps > 0) {
-    symbolic.emplace(vocab, vision_grid, cfg.text.hidden_size, stage_seed(104));
+    symbolic.emplace(vocab, vision_grid, cfg.text.hidden_size, stage_seed(104), o.grid_own_table);
     if (symbolic->grid * symbolic->grid != T)
       throw ConfigError("VLM training: the grid stage needs one image feature per patch (" + str(T) + " features, " +
                         str(vision_grid) + "x" + str(vision_grid) + " patches); not with FtZ's extra tokens");
@@ -1060,6 +1076,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     set_trainable(*model->language_model, true);
     NamedTensors params = named_trainable_parameters(*model->language_model, "lm.");
     params.push_back({"grid.position", symbolic->position});
+    if (symbolic->table.defined()) params.push_back({"grid.table", symbolic->table});
     int64_t right = 0, seen = 0, steps = 0, calls = 0;
     report.stages.push_back(run_stage(s_grid, stage_seed(5), params, o, 0.0, [&](uint64_t seed) {
       if (++calls % (5 * std::max<int64_t>(o.checkpoint_every, 1)) == 0) report_answers("grid", true);
@@ -1075,6 +1092,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       return loss;
     }));
     symbolic->position.set_requires_grad(false);
+    if (symbolic->table.defined()) symbolic->table.set_requires_grad(false);
     report_answers("grid", true);
   }
 

@@ -97,6 +97,9 @@ struct VlmTrainOptions {
   // onto the scene's symbolic image (relative squared error), besides the answers' loss: the
   // projector learns to say, patch by patch, what the LM has learned to read.
   double align_grid = 1.0;
+  // The symbolic image names each label with a learned vector of its own (random start) rather
+  // than the LM's word embeddings (where words used alike, e.g. all colours, lie close together).
+  bool grid_own_table = false;
   VlmModelSizes sizes;
   VlmStageSchedule augment, vision, text, grid, align, finetune;  // vision, grid: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)

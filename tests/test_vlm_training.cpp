@@ -444,6 +444,17 @@ TEST(VlmTraining, GridStageTeachesTheLmASymbolicImageThatAlignPullsTowards) {
   EXPECT_GT(align_with, r3.stages[2].losses.front() + 0.5)
       << "the relative regression error starts near 1 or above";
 
+  // --grid-own-table: the symbolic image's own label vectors train with the LM (the loss falls
+  // on the fixed batch too) and the work folder records it.
+  VlmTrainOptions own = o;
+  own.work_dir = (root / "work-own").string();
+  own.grid_own_table = true;
+  own.check = 0;
+  const VlmTrainReport ro = train_vlm(own);
+  EXPECT_LT(ro.stages[1].losses.back(), 0.8 * ro.stages[1].losses.front());
+  EXPECT_NE(ro.stages[1].losses.front(), L.front()) << "another symbolic image than the word embeddings'";
+  EXPECT_EQ(read_json_file((root / "work-own/vlm_run.json").string())["grid"].value("own_table", false), true);
+
   // A grid stage may join a work folder where no stage from it on has started (the vision
   // stage run alone first), not one whose align has run.
   VlmTrainOptions v = tiny_options(root, 0);
