@@ -1077,17 +1077,21 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     NamedTensors params = named_trainable_parameters(*model->language_model, "lm.");
     params.push_back({"grid.position", symbolic->position});
     if (symbolic->table.defined()) params.push_back({"grid.table", symbolic->table});
-    int64_t right = 0, seen = 0, steps = 0, calls = 0;
+    // One count of this call's steps: the answer-token line every checkpoint interval, the
+    // first-turn report every five.
+    const int64_t every = std::max<int64_t>(o.checkpoint_every, 1);
+    int64_t right = 0, seen = 0, calls = 0;
     report.stages.push_back(run_stage(s_grid, stage_seed(5), params, o, 0.0, [&](uint64_t seed) {
-      if (++calls % (5 * std::max<int64_t>(o.checkpoint_every, 1)) == 0) report_answers("grid", true);
+      ++calls;
+      if (calls % (5 * every) == 0) report_answers("grid", true);
       std::vector<world::Scene> sc;
       const Batch b = vision_batch(seed, s_grid.batch, &sc).first;
       const at::Tensor loss = lm_loss(model, b, (*symbolic)(sc, embedding), &right);
       seen += b.labels.numel();
-      if (++steps >= std::max<int64_t>(o.checkpoint_every, 1)) {
-        log("[grid] answer tokens right (last " + str(steps) + " steps): " +
+      if (calls % every == 0) {
+        log("[grid] answer tokens right (last " + str(every) + " steps): " +
             std::to_string(static_cast<int>(100.0 * static_cast<double>(right) / static_cast<double>(seen) + 0.5)) + "%");
-        right = seen = steps = 0;
+        right = seen = 0;
       }
       return loss;
     }));
