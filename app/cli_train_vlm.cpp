@@ -89,6 +89,13 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_flag("--grid-own-table", t.grid_own_table,
                 "The grid stage's symbolic image names each label with a learned vector of its own instead of the "
                 "LM's word embeddings");
+  cmd->add_option("--lookup", t.lookup_weight,
+                  "Weight of the lookup loss in the grid, align and fine-tune stages: one attention head is taught "
+                  "to look at the patches an answer is read from (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--lookup-layer", t.lookup_layer,
+                  "The LM layer whose head 0 the lookup loss teaches (< 0: from the last)")
+      ->capture_default_str();
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

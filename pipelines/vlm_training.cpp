@@ -92,6 +92,12 @@ std::vector<int64_t> turn_ids(const VlmVocab& v, const std::string& question) {
   return v.encode("USER: " + trim(question) + " ASSISTANT:");
 }
 
+// Records, for an image sequence, that the answer about to be appended is read from q.items.
+void note_lookup(VlmSequence& s, const world::Question& q) {
+  if (s.image_position >= 0 && !q.items.empty())
+    s.lookups.push_back({static_cast<int64_t>(s.ids.size()), q.items});
+}
+
 // Appends the turns after the first while they fit.
 void append_turns(VlmSequence& s, const VlmVocab& v, const std::vector<world::Question>& qs, size_t skip,
                   int64_t max_tokens) {
@@ -100,6 +106,7 @@ void append_turns(VlmSequence& s, const VlmVocab& v, const std::vector<world::Qu
     const std::vector<int64_t> t = turn_ids(v, qs[i].question), a = answer_ids(v, qs[i].answer);
     if (static_cast<int64_t>(s.ids.size() + t.size() + a.size()) > max_tokens) continue;
     append(s, t, false);
+    note_lookup(s, qs[i]);
     append(s, a, true);
     ++s.turns;
   }
@@ -176,6 +183,7 @@ VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Quest
     throw ConfigError("VLM training: max_text_tokens " + str(max_tokens) + " leaves no room for an answer after the " +
                       str(static_cast<int64_t>(s.ids.size())) + "-token prompt of \"" + qs[lead].question + "\"");
   if (static_cast<int64_t>(a.size()) > room) a.resize(static_cast<size_t>(room));
+  note_lookup(s, qs[lead]);
   append(s, a, true);
   s.turns = 1;
   append_turns(s, v, qs, lead, max_tokens);
@@ -301,6 +309,11 @@ struct Batch {
   at::Tensor pixels;            // [B, 3, S, S] or undefined
   int64_t image_position = -1;  // shared by every row
   int64_t tokens = 0;           // merged positions in the batch (B * L')
+  // The sequences' lookups (VlmSequence::lookups): flat merged position predicting each
+  // answer's first token [M], its sequence, and the items the answer is read from.
+  at::Tensor lookup_rows;
+  std::vector<int64_t> lookup_sequence;
+  std::vector<std::vector<int>> lookup_items;
 };
 
 Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t image_features) {
@@ -328,6 +341,15 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
       labels.push_back(s.ids[k]);
     }
   }
+  std::vector<int64_t> lookup_rows;
+  for (int64_t r = 0; r < B; ++r)
+    for (const VlmSequence::Lookup& k : seqs[static_cast<size_t>(r)].lookups) {
+      const int64_t j = k.answer_start - 1;  // the position that predicts the answer's first token
+      lookup_rows.push_back(r * merged + ((b.image_position >= 0 && j >= b.image_position) ? j + extra : j));
+      b.lookup_sequence.push_back(r);
+      b.lookup_items.push_back(k.items);
+    }
+  b.lookup_rows = at::tensor(lookup_rows, at::kLong);
   if (rows.empty()) throw ConfigError("VLM training: a batch without any loss target");
   b.rows = at::tensor(rows, at::kLong);
   b.labels = at::tensor(labels, at::kLong);
@@ -337,7 +359,8 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
 
 // The LM's logits [N, V] (float) at the batch's target rows. features [B, T, H] replace the
 // <image> token (undefined for text batches).
-at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features) {
+at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
+                         const AttentionHookList* hooks = nullptr) {
   LlamaForCausalLM& lm = model->language_model;
   at::Tensor x = lm->model->embed(b.ids);  // [B, L, H]
   if (features.defined()) {
@@ -348,6 +371,7 @@ at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, c
   in.inputs_embeds = x;
   LlamaForwardOptions fo;
   fo.logits = LogitsMode::None;
+  fo.hooks = hooks;
   const at::Tensor h = lm->forward(in, nullptr, fo).last_hidden_state;            // [B, L', H]
   const at::Tensor picked = h.reshape({-1, h.size(2)}).index_select(0, b.rows);  // [N, H]
   return lm->logits(picked).to(at::kFloat);
@@ -356,8 +380,8 @@ at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, c
 // Cross-entropy of the batch's targets; `right`, when given, counts the targets whose argmax
 // is the label.
 at::Tensor lm_loss(LlavaForConditionalGeneration& model, const Batch& b, const at::Tensor& features,
-                   int64_t* right = nullptr) {
-  const at::Tensor logits = target_logits(model, b, features);  // [N, V]
+                   int64_t* right = nullptr, const AttentionHookList* hooks = nullptr) {
+  const at::Tensor logits = target_logits(model, b, features, hooks);  // [N, V]
   if (right) {
     at::NoGradGuard no_grad;
     *right += logits.argmax(1).eq(b.labels).sum().item<int64_t>();
@@ -409,45 +433,107 @@ void check_label_grid(int res, int64_t grid) {
 
 // With scene_labels two more targets per patch, the same for every patch of a scene: its
 // drawing style and its background (what the object labels alone would let the tower forget).
+// Per patch of a grid x grid map (row-major), the item covering most of it (an index into
+// scene.objects, objects.size() for the stick figure), or -1 when none covers 1/16 of it.
+std::vector<int> patch_owners(const world::Scene& scene, int64_t grid) {
+  const int res = scene.resolution;
+  check_label_grid(res, grid);
+  const int cell = res / static_cast<int>(grid);
+  const std::vector<int> owner = world::render_owner_map(scene);
+  const int items = static_cast<int>(scene.objects.size()) + 1;
+  std::vector<int> out;
+  out.reserve(static_cast<size_t>(grid * grid));
+  for (int gy = 0; gy < grid; ++gy)
+    for (int gx = 0; gx < grid; ++gx) {
+      std::vector<int> count(static_cast<size_t>(items), 0);
+      for (int y = gy * cell; y < (gy + 1) * cell; ++y)
+        for (int x = gx * cell; x < (gx + 1) * cell; ++x) {
+          const int w = owner[static_cast<size_t>(y) * res + x];
+          if (w >= 0) ++count[static_cast<size_t>(w)];
+        }
+      const auto best = std::max_element(count.begin(), count.end());
+      out.push_back(*best * 16 >= cell * cell ? static_cast<int>(best - count.begin()) : -1);
+    }
+  return out;
+}
+
 std::vector<at::Tensor> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid,
                                             bool scene_labels = false) {
   const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());
   const int64_t n_shapes = static_cast<int64_t>(world::all_shapes().size());
   std::vector<int64_t> color, shape, size, style, background;
   for (const world::Scene& scene : scenes) {
-    const int res = scene.resolution;
-    check_label_grid(res, grid);
-    const int cell = res / static_cast<int>(grid);
-    const std::vector<int> owner = world::render_owner_map(scene);
     const int items = static_cast<int>(scene.objects.size()) + 1;
-    for (int gy = 0; gy < grid; ++gy)
-      for (int gx = 0; gx < grid; ++gx) {
-        std::vector<int> count(static_cast<size_t>(items), 0);
-        for (int y = gy * cell; y < (gy + 1) * cell; ++y)
-          for (int x = gx * cell; x < (gx + 1) * cell; ++x) {
-            const int w = owner[static_cast<size_t>(y) * res + x];
-            if (w >= 0) ++count[static_cast<size_t>(w)];
-          }
-        const auto best = std::max_element(count.begin(), count.end());
-        const int who = *best * 16 >= cell * cell ? static_cast<int>(best - count.begin()) : -1;
-        if (who < 0) {
-          color.push_back(0), shape.push_back(0), size.push_back(0);
-        } else if (who == items - 1) {
-          color.push_back(n_colors + 1), shape.push_back(n_shapes + 1), size.push_back(-100);
-        } else {
-          const world::Object& ob = scene.objects[static_cast<size_t>(who)];
-          color.push_back(1 + static_cast<int64_t>(ob.color));
-          shape.push_back(1 + static_cast<int64_t>(ob.shape));
-          size.push_back(1 + static_cast<int64_t>(ob.size));
-        }
-        style.push_back(static_cast<int64_t>(scene.style));
-        background.push_back(static_cast<int64_t>(scene.background));
+    for (const int who : patch_owners(scene, grid)) {
+      if (who < 0) {
+        color.push_back(0), shape.push_back(0), size.push_back(0);
+      } else if (who == items - 1) {
+        color.push_back(n_colors + 1), shape.push_back(n_shapes + 1), size.push_back(-100);
+      } else {
+        const world::Object& ob = scene.objects[static_cast<size_t>(who)];
+        color.push_back(1 + static_cast<int64_t>(ob.color));
+        shape.push_back(1 + static_cast<int64_t>(ob.shape));
+        size.push_back(1 + static_cast<int64_t>(ob.size));
       }
+      style.push_back(static_cast<int64_t>(scene.style));
+      background.push_back(static_cast<int64_t>(scene.background));
+    }
   }
   auto t = [](const std::vector<int64_t>& v) { return at::tensor(v, at::kLong); };
   std::vector<at::Tensor> out = {t(color), t(shape), t(size)};
   if (scene_labels) out.push_back(t(style)), out.push_back(t(background));
   return out;
+}
+
+// Keeps head 0's post-softmax weights of one decoder layer, [B, L', L'], with their autograd
+// history (VlmTrainOptions::lookup_weight).
+class HeadRecorder : public AttentionHook {
+ public:
+  explicit HeadRecorder(int layer) : layer_(layer) {}
+  bool wants(int layer, const HookContext&) const override { return layer == layer_; }
+  void on_weights(int, at::Tensor& w, const HookContext&) override { weights = w.select(1, 0); }
+  at::Tensor weights;
+
+ private:
+  int layer_;
+};
+
+// The lookup loss's targets for a batch of image sequences: the rows kept (lookups whose items
+// own at least one patch) [M] and, per row, which of the T = grid^2 image tokens show the
+// items [M, T] (1 / 0).
+struct LookupTargets {
+  at::Tensor rows, mask;
+};
+
+LookupTargets lookup_targets(const Batch& b, const std::vector<world::Scene>& scenes, int64_t grid) {
+  std::vector<std::vector<int>> owners(scenes.size());
+  std::vector<int64_t> rows;
+  std::vector<float> mask;
+  const auto all_rows = b.lookup_rows.accessor<int64_t, 1>();
+  for (size_t m = 0; m < b.lookup_items.size(); ++m) {
+    const auto r = static_cast<size_t>(b.lookup_sequence[m]);
+    if (owners[r].empty()) owners[r] = patch_owners(scenes[r], grid);
+    const std::vector<int>& items = b.lookup_items[m];
+    std::vector<float> row;
+    for (const int who : owners[r]) row.push_back(std::find(items.begin(), items.end(), who) != items.end() ? 1.f : 0.f);
+    if (std::find(row.begin(), row.end(), 1.f) == row.end()) continue;
+    rows.push_back(all_rows[static_cast<int64_t>(m)]);
+    mask.insert(mask.end(), row.begin(), row.end());
+  }
+  LookupTargets t;
+  t.rows = at::tensor(rows, at::kLong);
+  t.mask = at::tensor(mask, at::kFloat).view({static_cast<int64_t>(rows.size()), grid * grid});
+  return t;
+}
+
+// -log(the recorded head's weight on the answer's patches), averaged over the rows; `mass`
+// gets the mean weight itself. weights: [B, L', L'], the image tokens at b.image_position.
+at::Tensor lookup_loss(const at::Tensor& weights, const Batch& b, const LookupTargets& t, double* mass) {
+  const int64_t T = t.mask.size(1);
+  const at::Tensor w = weights.reshape({-1, weights.size(2)}).index_select(0, t.rows).narrow(1, b.image_position, T);
+  const at::Tensor on = (w.to(at::kFloat) * t.mask).sum(1);  // [M]
+  if (mass) *mass = on.mean().item<double>();
+  return -on.clamp_min(1e-6).log().mean();
 }
 
 // Linear read-outs of the patch labels from tokens of width `dim` (training aids, never
@@ -726,6 +812,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
     fp["grid"] = {{"batch", grid_stage.batch}, {"align_grid", o.align_grid}};
     if (o.grid_own_table) fp["grid"]["own_table"] = true;
   }
+  if (o.lookup_weight > 0) fp["lookup"] = {{"weight", o.lookup_weight}, {"layer", o.lookup_layer}};
   return fp;
 }
 
@@ -738,7 +825,7 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
   if (fs::exists(path)) {
     Json old = read_json_file(path.string());
     static const std::map<std::string, std::vector<std::string>> joins_before = {
-        {"grid", {"grid", "align", "finetune"}}};
+        {"grid", {"grid", "align", "finetune"}}, {"lookup", {"grid", "align", "finetune"}}};
     bool joined = false;
     for (const auto& [key, value] : fingerprint.items()) {
       if (!old.contains(key) && joins_before.count(key)) {
@@ -834,6 +921,8 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   const ResolvedStage s_ft = resolve_stage("finetune", o.finetune, kFinetune, o);
   for (const ResolvedStage* s : {&s_aug, &s_vision, &s_text, &s_grid, &s_align, &s_ft})
     if (s->steps < 0 || s->batch < 1) throw ConfigError("VLM training: stage " + s->name + " needs steps >= 0 and batch >= 1");
+  if (o.lookup_weight < 0)
+    throw ConfigError("VLM training: --lookup must be >= 0 (got " + std::to_string(o.lookup_weight) + ")");
   if (o.align_grid < 0) throw ConfigError("VLM training: --align-grid must be >= 0 (got " + std::to_string(o.align_grid) + ")");
   check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft, s_vision, s_grid));
 
@@ -877,8 +966,20 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   // Patch labels need whole patches of the scenes: checked now, not after the first stages.
   const int scene_res = world::SamplerOptions{}.resolution;
   if (o.augment_labels && o.ftz) check_label_grid(scene_res, cfg.vision.image_size / sizes.aug_patch);
-  if (o.finetune_labels > 0 || s_vision.steps > 0 || s_grid.steps > 0)
+  if (o.finetune_labels > 0 || s_vision.steps > 0 || s_grid.steps > 0 || o.lookup_weight > 0)
     check_label_grid(scene_res, cfg.vision.image_size / cfg.vision.patch_size);
+  // The lookup loss's head: layer lookup_layer (from the last when < 0), head 0.
+  const int64_t lm_layers = cfg.text.num_hidden_layers;
+  const int64_t lookup_layer = o.lookup_layer < 0 ? lm_layers + o.lookup_layer : o.lookup_layer;
+  if (o.lookup_weight > 0) {
+    if (lookup_layer < 0 || lookup_layer >= lm_layers)
+      throw ConfigError("VLM training: --lookup-layer " + str(o.lookup_layer) + " is not a layer of the " + str(lm_layers) +
+                        "-layer LM (0.." + str(lm_layers - 1) + ", or -1.." + str(-lm_layers) + " from the last)");
+    const int64_t g = cfg.vision.image_size / cfg.vision.patch_size;
+    if (g * g != T)
+      throw ConfigError("VLM training: the lookup loss needs one image token per patch (" + str(T) + " tokens, " + str(g) +
+                        "x" + str(g) + " patches)");
+  }
 
   auto image_batch = [&](uint64_t seed, int64_t B, std::vector<world::Scene>* out_scenes) {
     std::vector<at::Tensor> px;
@@ -1012,6 +1113,41 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   // from the symbolic image (what the LM can read) and from the image (what it does read).
   std::optional<SymbolicImage> symbolic;
   const at::Tensor& embedding = model->language_model->model->embed_tokens->weight;
+
+  // The answers' loss of an image batch plus, with lookup_weight, the lookup loss of the same
+  // forward pass; `stage` logs the looking head's mean weight on the answers' patches every
+  // checkpoint interval.
+  struct LookupTally {
+    double mass = 0;
+    int64_t batches = 0, calls = 0;
+  };
+  std::map<std::string, LookupTally> lookup_tallies;
+  auto answer_loss = [&](const std::string& stage, const Batch& b, const at::Tensor& feats,
+                         const std::vector<world::Scene>& sc, int64_t* right = nullptr) {
+    if (o.lookup_weight <= 0) return lm_loss(model, b, feats, right);
+    LookupTally& tally = lookup_tallies[stage];
+    const LookupTargets targets = lookup_targets(b, sc, vision_grid);
+    at::Tensor loss;
+    if (targets.rows.numel() == 0) {
+      loss = lm_loss(model, b, feats, right);
+    } else {
+      AttentionHookList hooks;
+      auto recorder = std::make_shared<HeadRecorder>(static_cast<int>(lookup_layer));
+      hooks.add(recorder);
+      loss = lm_loss(model, b, feats, right, &hooks);
+      double mass = 0;
+      loss = loss + o.lookup_weight * lookup_loss(recorder->weights, b, targets, &mass);
+      tally.mass += mass;
+      ++tally.batches;
+    }
+    if (++tally.calls % std::max<int64_t>(o.checkpoint_every, 1) == 0 && tally.batches > 0) {
+      log("[" + stage + "] lookup head's weight on the answers' patches: " +
+          std::to_string(static_cast<int>(100.0 * tally.mass / static_cast<double>(tally.batches) + 0.5)) + "%");
+      tally.mass = 0;
+      tally.batches = 0;
+    }
+    return loss;
+  };
   auto report_answers = [&](const std::string& stage, bool from_symbolic) {
     if (o.check <= 0) return;
     at::NoGradGuard no_grad;
@@ -1086,7 +1222,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       if (calls % (5 * every) == 0) report_answers("grid", true);
       std::vector<world::Scene> sc;
       const Batch b = vision_batch(seed, s_grid.batch, &sc).first;
-      const at::Tensor loss = lm_loss(model, b, (*symbolic)(sc, embedding), &right);
+      const at::Tensor loss = answer_loss("grid", b, (*symbolic)(sc, embedding), sc, &right);
       seen += b.labels.numel();
       if (calls % every == 0) {
         log("[grid] answer tokens right (last " + str(every) + " steps): " +
@@ -1112,7 +1248,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     std::vector<world::Scene> sc;
     const Batch b = vision_batch(seed, s_align.batch, &sc).first;
     const at::Tensor f = features(b.pixels, static_cast<bool>(model->ftz));  // [B, T, H]
-    at::Tensor loss = lm_loss(model, b, f);
+    at::Tensor loss = answer_loss("align", b, f, sc);
     if (symbolic && o.align_grid > 0) {
       at::Tensor target;
       {
@@ -1148,14 +1284,11 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     ft_heads.reset();
   }
   report.stages.push_back(run_stage(s_ft, stage_seed(3), ft_params, o, o.finetune_ema, [&](uint64_t seed) {
-    if (!ft_heads) {
-      const Batch b = vision_batch(seed, s_ft.batch).first;
-      return lm_loss(model, b, features(b.pixels, vision_trains));
-    }
     std::vector<world::Scene> sc;
     const Batch b = vision_batch(seed, s_ft.batch, &sc).first;
+    if (!ft_heads) return answer_loss("finetune", b, features(b.pixels, vision_trains), sc);
     const at::Tensor v = model->vision_features(b.pixels);  // [B, N, Dv], N = vision_grid^2
-    const at::Tensor loss = lm_loss(model, b, model->multi_modal_projector(v)) +
+    const at::Tensor loss = answer_loss("finetune", b, model->multi_modal_projector(v), sc) +
                             o.finetune_labels * ft_heads->loss(v, patch_label_targets(sc, vision_grid, o.scene_labels));
     if (const std::string r = ft_heads->report_if_due(o.checkpoint_every); !r.empty()) log("[finetune] " + r);
     return loss;

@@ -100,6 +100,15 @@ struct VlmTrainOptions {
   // The symbolic image names each label with a learned vector of its own (random start) rather
   // than the LM's word embeddings (where words used alike, e.g. all colours, lie close together).
   bool grid_own_table = false;
+  // > 0: the grid, align and fine-tune stages add this weight x a *lookup* loss: at the
+  // position that predicts an answer's first token, one attention head (head 0 of layer
+  // lookup_layer; < 0 counts from the last) is asked to put its weight on the image tokens of
+  // the patches that show what the answer is read from (world::Question::items, patches as
+  // the patch labels assign them): -log(weight on those patches). A small LM trained from
+  // scratch does not find that lookup ("What colour is the circle?" -> attend where the
+  // circle is, read its colour) from the answers alone; it answers with the prior instead.
+  double lookup_weight = 0.0;
+  int64_t lookup_layer = -1;
   VlmModelSizes sizes;
   VlmStageSchedule augment, vision, text, grid, align, finetune;  // vision, grid: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)
@@ -165,6 +174,13 @@ struct VlmSequence {
   std::vector<uint8_t> target;
   int64_t image_position = -1;  // index of the <image> token; -1 for text sequences
   int64_t turns = 0;
+  // Per answer whose question names the items it is read from (world::Question::items): the
+  // index in ids of its first token, and the items.
+  struct Lookup {
+    int64_t answer_start = 0;
+    std::vector<int> items;
+  };
+  std::vector<Lookup> lookups;
 };
 // A training scene's questions (make_questions on the training split), shuffled; "describe"
 // kept with probability describe_p; balance_existence: as many absent-object probes as present

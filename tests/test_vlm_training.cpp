@@ -480,6 +480,58 @@ TEST(VlmTraining, GridStageTeachesTheLmASymbolicImageThatAlignPullsTowards) {
   }
 }
 
+// --lookup: head 0 of the chosen layer learns to look at the patches an answer is read from.
+// On a fixed batch its logged weight there rises; the term shows in the loss; the work folder
+// records it; bad values are refused before any work.
+TEST(VlmTraining, LookupLossTeachesAHeadWhereAnswersAreRead) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.grid.steps = 16;
+  o.grid.lr = 1e-2;
+  o.grid.warmup = 0;
+  o.fixed_batch = true;
+  o.checkpoint_every = 4;
+  o.lookup_weight = 1.0;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& s) { lines.push_back(s); };
+  const VlmTrainReport r = train_vlm(o);
+  std::vector<int> mass;
+  const std::string tag = "[grid] lookup head's weight on the answers' patches: ";
+  for (const std::string& l : lines)
+    if (l.rfind(tag, 0) == 0) mass.push_back(std::stoi(l.substr(tag.size())));
+  ASSERT_EQ(mass.size(), 4u);
+  EXPECT_GT(mass.back(), mass.front() + 20) << "from about a uniform share to most of the head's weight";
+  const Json fp = read_json_file((root / "work/vlm_run.json").string());
+  ASSERT_TRUE(fp.contains("lookup"));
+  EXPECT_EQ(fp["lookup"].value("weight", 0.0), 1.0);
+
+  // Without it the first loss is the answers' alone: -log of a near-uniform share is large.
+  VlmTrainOptions n = o;
+  n.work_dir = (root / "work-plain").string();
+  n.lookup_weight = 0;
+  n.grid.steps = 1;
+  EXPECT_GT(r.stages[1].losses.front(), train_vlm(n).stages[1].losses.front() + 1.0);
+
+  auto refused = [&](VlmTrainOptions bad, const std::string& says) {
+    bad.work_dir.clear();
+    try {
+      train_vlm(bad);
+      ADD_FAILURE() << "accepted; expected an error naming " << says;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  VlmTrainOptions bad = o;
+  bad.lookup_weight = -1;
+  refused(bad, "--lookup");
+  bad = o;
+  bad.lookup_layer = 7;  // the tiny LM has 2 layers
+  refused(bad, "--lookup-layer 7");
+  bad = o;
+  bad.lookup_layer = -3;
+  refused(bad, "--lookup-layer -3");
+}
+
 // --image-position: align and finetune train the projector's image position embedding (zeros
 // at the start), the folder declares it and loads back.
 TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {

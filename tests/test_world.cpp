@@ -604,6 +604,30 @@ TEST(WorldCaptions, QuestionsHaveAnswersFromTheScene) {
       if (q.kind == "describe") {
         EXPECT_GT(q.answer.size(), 60u);
       }
+      // The items the answer is read from: the one object an attribute question names (its
+      // attribute is the answer), the objects a count counts, the present object a positive
+      // probe names, the figure; none for absent objects, relations, style, background.
+      const int n = static_cast<int>(s.objects.size());
+      for (const int it : q.items) {
+        EXPECT_GE(it, 0);
+        EXPECT_LE(it, n);
+        if (it == n) EXPECT_TRUE(s.figure.has_value());
+      }
+      if (q.kind == "color" || q.kind == "shape" || q.kind == "size" || q.kind == "position") {
+        ASSERT_EQ(q.items.size(), 1u);
+        const Object& o = s.objects[static_cast<size_t>(q.items[0])];
+        const std::string said = q.kind == "color"   ? name(o.color)
+                                 : q.kind == "shape" ? name(o.shape)
+                                 : q.kind == "size"  ? name(o.size)
+                                                     : cell_name(o.cell);
+        EXPECT_EQ(q.answer, said);
+      }
+      if (q.kind == "exists") EXPECT_EQ(q.items.empty(), q.answer == "no");
+      if (q.template_id.rfind("q.count.objects", 0) == 0) EXPECT_EQ(static_cast<int>(q.items.size()), n);
+      if (q.kind == "count" && q.items.empty()) EXPECT_EQ(q.answer, count_word(0));
+      if (q.kind == "figure") EXPECT_EQ(q.items.empty(), !s.figure.has_value());
+      if (q.kind == "relation" || q.kind == "style" || q.kind == "background" || q.kind == "describe")
+        EXPECT_TRUE(q.items.empty());
     }
   }
   for (const char* k : {"color", "shape", "size", "count", "position", "relation", "exists", "style", "background",

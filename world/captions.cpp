@@ -434,7 +434,8 @@ void balance_existence_probes(std::vector<Question>& qs, Rng& rng) {
 std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOptions& opt) {
   std::vector<Question> qs;
   auto add = [&](const std::string& kind, std::vector<std::string> allowed,
-                 const std::function<std::string(const std::string&)>& fill, const std::string& answer) {
+                 const std::function<std::string(const std::string&)>& fill, const std::string& answer,
+                 std::vector<int> items = {}) {
     const TemplateInfo& t = pick_template(kind, rng, opt.split, opt.held_out_template_probability, allowed);
     Question q;
     q.kind = kind;
@@ -442,9 +443,18 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
     q.held_out_template = t.held_out;
     q.question = fill(t.text);
     q.answer = answer;
+    q.items = std::move(items);
     if (!q.question.empty()) qs.push_back(std::move(q));
   };
   const size_t n = s.objects.size();
+  const int figure_item = static_cast<int>(n);
+  // The objects matching a predicate.
+  auto objects_where = [&](const std::function<bool(const Object&)>& match) {
+    std::vector<int> v;
+    for (size_t j = 0; j < n; ++j)
+      if (match(s.objects[j])) v.push_back(static_cast<int>(j));
+    return v;
+  };
 
   // Attribute questions about each object.
   for (size_t i = 0; i < n; ++i) {
@@ -453,33 +463,36 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
                       rp = reference(s, i, kPos);
     if (!rc.empty())
       add(
-          "color", {}, [&](std::string t) { return replace_all(t, "{ref}", rc); }, name(o.color));
+          "color", {}, [&](std::string t) { return replace_all(t, "{ref}", rc); }, name(o.color), {static_cast<int>(i)});
     if (!rs.empty())
       add(
-          "shape", {}, [&](std::string t) { return replace_all(t, "{ref}", rs); }, name(o.shape));
+          "shape", {}, [&](std::string t) { return replace_all(t, "{ref}", rs); }, name(o.shape), {static_cast<int>(i)});
     if (!rz.empty())
       add(
-          "size", {}, [&](std::string t) { return replace_all(t, "{ref}", rz); }, name(o.size));
+          "size", {}, [&](std::string t) { return replace_all(t, "{ref}", rz); }, name(o.size), {static_cast<int>(i)});
     if (!rp.empty())
       add(
-          "position", {}, [&](std::string t) { return replace_all(t, "{ref}", rp); }, cell_name(o.cell));
+          "position", {}, [&](std::string t) { return replace_all(t, "{ref}", rp); }, cell_name(o.cell), {static_cast<int>(i)});
   }
 
   // Counts.
   add(
-      "count", {"q.count.objects"}, [](std::string t) { return t; }, count_word(static_cast<int>(n)));
+      "count", {"q.count.objects"}, [](std::string t) { return t; }, count_word(static_cast<int>(n)),
+      objects_where([](const Object&) { return true; }));
   {
     const Shape sh = rng.pick(all_shapes());
     int k = 0;
     for (const auto& o : s.objects) k += o.shape == sh;
     add(
         "count", {"q.count.shapes", "q.count.ho"},
-        [&](std::string t) { return replace_all(t, "{shapes}", plural(sh)); }, count_word(k));
+        [&](std::string t) { return replace_all(t, "{shapes}", plural(sh)); }, count_word(k),
+        objects_where([&](const Object& o) { return o.shape == sh; }));
     const Color c = rng.pick(all_colors());
     k = 0;
     for (const auto& o : s.objects) k += o.color == c;
     add(
-        "count", {"q.count.colors"}, [&](std::string t) { return replace_all(t, "{color}", name(c)); }, count_word(k));
+        "count", {"q.count.colors"}, [&](std::string t) { return replace_all(t, "{color}", name(c)); }, count_word(k),
+        objects_where([&](const Object& o) { return o.color == c; }));
   }
 
   // Relations: "What is left of the X?" and "Is the A above the B?".
@@ -515,17 +528,18 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
 
   // Stick figure.
   add(
-      "figure", {"q.figure.present"}, [](std::string t) { return t; }, s.figure ? "yes" : "no");
+      "figure", {"q.figure.present"}, [](std::string t) { return t; }, s.figure ? "yes" : "no",
+      s.figure ? std::vector<int>{figure_item} : std::vector<int>{});
   if (s.figure) {
     const Figure& f = *s.figure;
     add(
-        "figure", {"q.figure.arm", "q.figure.arm_ho"}, [](std::string t) { return t; }, arm_answer(f.arms));
+        "figure", {"q.figure.arm", "q.figure.arm_ho"}, [](std::string t) { return t; }, arm_answer(f.arms), {figure_item});
     add(
-        "figure", {"q.figure.color"}, [](std::string t) { return t; }, name(f.color));
+        "figure", {"q.figure.color"}, [](std::string t) { return t; }, name(f.color), {figure_item});
     add(
-        "figure", {"q.figure.legs"}, [](std::string t) { return t; }, f.legs == LegPose::Apart ? "yes" : "no");
+        "figure", {"q.figure.legs"}, [](std::string t) { return t; }, f.legs == LegPose::Apart ? "yes" : "no", {figure_item});
     add(
-        "figure", {"q.figure.side"}, [](std::string t) { return t; }, name(f.side));
+        "figure", {"q.figure.side"}, [](std::string t) { return t; }, name(f.side), {figure_item});
   }
 
   // Keep a random subset of the questions above.
@@ -543,7 +557,7 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
       add(
           "exists", {},
           [&](std::string t) { return replace_all(replace_all(t, "{color}", name(c)), "{shape}", name(sh)); },
-          present(c, sh) ? "yes" : "no");
+          present(c, sh) ? "yes" : "no", objects_where([&](const Object& o) { return o.color == c && o.shape == sh; }));
       qs.back().pope = kind;
     };
     const Object& pos = s.objects[static_cast<size_t>(rng.below(n))];

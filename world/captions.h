@@ -67,6 +67,11 @@ struct Question {
   // an absent object: "random", "popular" or "adversarial" (an object that differs from a
   // present one in one attribute). Empty for other kinds.
   std::string pope;
+  // The scene items the answer is read from: indices into Scene::objects, objects.size() for
+  // the stick figure. Empty when no single set of items holds the answer (absent-object
+  // probes, counts of absent things, relations, style, background, descriptions). Training
+  // uses it to tell the LM where in the image to look.
+  std::vector<int> items;
 };
 
 struct QuestionOptions {
