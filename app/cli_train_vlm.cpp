@@ -96,6 +96,9 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_option("--lookup-layer", t.lookup_layer,
                   "The LM layer whose head 0 the lookup loss teaches (< 0: from the last)")
       ->capture_default_str();
+  cmd->add_flag("--isolated-turns", t.isolated_turns,
+                "Image sequences of the grid, align and fine-tune stages lay every question out as a first turn "
+                "that sees only the image prefix and itself (no answer copied from another turn)");
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

@@ -161,12 +161,43 @@ std::vector<int64_t> VlmVocab::encode(const std::string& text) const {
   return std::vector<int64_t>(ids.begin(), ids.end());
 }
 
-VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& qs, int64_t max_tokens) {
+VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& qs, int64_t max_tokens,
+                               bool isolated) {
   if (qs.empty()) throw ConfigError("VLM training: a sequence needs at least one question");
   const ChatTemplate chat = ChatTemplate::llava15();
   auto first_turn = [&](const world::Question& q) {
     return tokenize_with_images(v.tokenizer, chat.render(q.question), chat.image_placeholder, v.image_token, v.bos);
   };
+  if (isolated) {
+    // The prefix up to the image, then each question's first-turn text after it, as turns.
+    VlmSequence s;
+    for (size_t i = 0; i < qs.size(); ++i) {
+      const std::vector<int64_t> prompt = first_turn(qs[i]);
+      const auto image = std::find(prompt.begin(), prompt.end(), v.image_token);
+      if (image == prompt.end()) throw ConfigError("VLM training: the chat template has no image placeholder");
+      if (s.ids.empty()) {
+        append(s, std::vector<int64_t>(prompt.begin(), image + 1), false);
+        s.image_position = static_cast<int64_t>(image - prompt.begin());
+        s.turn_of.assign(s.ids.size(), 0);
+      }
+      const std::vector<int64_t> text(image + 1, prompt.end());
+      std::vector<int64_t> a = answer_ids(v, qs[i].answer);
+      const int64_t room = max_tokens - static_cast<int64_t>(s.ids.size() + text.size());
+      if (static_cast<int64_t>(a.size()) > room) {
+        if (s.turns > 0) continue;  // a later question may fit
+        if (room < 1)
+          throw ConfigError("VLM training: max_text_tokens " + str(max_tokens) + " leaves no room for an answer after the " +
+                            str(static_cast<int64_t>(prompt.size())) + "-token prompt of \"" + qs[i].question + "\"");
+        a.resize(static_cast<size_t>(room));
+      }
+      ++s.turns;
+      append(s, text, false);
+      note_lookup(s, qs[i]);
+      append(s, a, true);
+      s.turn_of.resize(s.ids.size(), static_cast<int32_t>(s.turns));
+    }
+    return s;
+  }
   // The first question whose whole turn fits leads (else the first, its answer cut).
   size_t lead = 0;
   for (size_t i = 0; i < qs.size(); ++i)
@@ -312,6 +343,7 @@ struct Batch {
   // The sequences' lookups (VlmSequence::lookups): flat merged position predicting each
   // answer's first token [M], its sequence, and the items the answer is read from.
   at::Tensor lookup_rows;
+  at::Tensor visible;  // [B, L', L'] bool with isolated turns (LlamaInput::tree_mask), else undefined
   std::vector<int64_t> lookup_sequence;
   std::vector<std::vector<int>> lookup_items;
 };
@@ -339,6 +371,31 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
       const int64_t m = (b.image_position >= 0 && j >= b.image_position) ? j + extra : j;
       rows.push_back(r * merged + m);
       labels.push_back(s.ids[k]);
+    }
+  }
+  // Isolated turns: who sees whom on the merged positions (image features are prefix).
+  if (!seqs.front().turn_of.empty()) {
+    b.visible = at::zeros({B, merged, merged}, at::kBool);
+    auto vis = b.visible.accessor<bool, 3>();
+    for (int64_t r = 0; r < B; ++r) {
+      const VlmSequence& s = seqs[static_cast<size_t>(r)];
+      if (s.turn_of.size() != s.ids.size())
+        throw ShapeError("VLM training: sequences of a batch must all isolate their turns or none");
+      std::vector<int32_t> turn(static_cast<size_t>(merged), -1);  // -1: padding
+      for (size_t k = 0; k < s.ids.size(); ++k) {
+        const int64_t m = (b.image_position >= 0 && static_cast<int64_t>(k) > b.image_position) ? k + extra : k;
+        turn[static_cast<size_t>(m)] = s.turn_of[k];
+      }
+      for (int64_t e = 0; e < extra; ++e) turn[static_cast<size_t>(b.image_position + 1 + e)] = 0;
+      for (int64_t i = 0; i < merged; ++i) {
+        const int32_t ti = turn[static_cast<size_t>(i)];
+        vis[r][i][i] = true;
+        if (ti < 0) continue;
+        for (int64_t j = 0; j < i; ++j) {
+          const int32_t tj = turn[static_cast<size_t>(j)];
+          vis[r][i][j] = tj == 0 || tj == ti;
+        }
+      }
     }
   }
   std::vector<int64_t> lookup_rows;
@@ -369,6 +426,7 @@ at::Tensor target_logits(LlavaForConditionalGeneration& model, const Batch& b, c
   }
   LlamaInput in;
   in.inputs_embeds = x;
+  in.tree_mask = b.visible;  // isolated turns: each turn's positions follow the prefix, as a first turn's
   LlamaForwardOptions fo;
   fo.logits = LogitsMode::None;
   fo.hooks = hooks;
@@ -813,6 +871,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
     if (o.grid_own_table) fp["grid"]["own_table"] = true;
   }
   if (o.lookup_weight > 0) fp["lookup"] = {{"weight", o.lookup_weight}, {"layer", o.lookup_layer}};
+  if (o.isolated_turns) fp["isolated_turns"] = true;
   return fp;
 }
 
@@ -825,7 +884,8 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
   if (fs::exists(path)) {
     Json old = read_json_file(path.string());
     static const std::map<std::string, std::vector<std::string>> joins_before = {
-        {"grid", {"grid", "align", "finetune"}}, {"lookup", {"grid", "align", "finetune"}}};
+        {"grid", {"grid", "align", "finetune"}}, {"lookup", {"grid", "align", "finetune"}},
+        {"isolated_turns", {"grid", "align", "finetune"}}};
     bool joined = false;
     for (const auto& [key, value] : fingerprint.items()) {
       if (!old.contains(key) && joins_before.count(key)) {
@@ -1004,7 +1064,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       world::Rng rng(world::hash_combine(seed ^ 0x9e57ull, static_cast<uint64_t>(b)));
       seqs.push_back(vlm_image_sequence(
           vocab, vlm_training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability, o.balance_existence),
-          o.max_text_tokens));
+          o.max_text_tokens, o.isolated_turns));
     }
     Batch batch = collate(seqs, vocab, T);
     batch.pixels = pixels;

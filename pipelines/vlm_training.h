@@ -109,6 +109,10 @@ struct VlmTrainOptions {
   // circle is, read its colour) from the answers alone; it answers with the prior instead.
   double lookup_weight = 0.0;
   int64_t lookup_layer = -1;
+  // The image sequences of the grid, align and fine-tune stages isolate their turns
+  // (vlm_image_sequence's `isolated`): with shared context a small LM learns to copy colours
+  // and positions from earlier questions and descriptions instead of reading the image.
+  bool isolated_turns = false;
   VlmModelSizes sizes;
   VlmStageSchedule augment, vision, text, grid, align, finetune;  // vision, grid: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)
@@ -181,6 +185,10 @@ struct VlmSequence {
     std::vector<int> items;
   };
   std::vector<Lookup> lookups;
+  // Isolated turns (vlm_image_sequence with isolated = true): per id, 0 for the shared prefix
+  // (BOS, "USER:", <image>) and k >= 1 for the tokens of turn k, which see the prefix and
+  // their own turn only. Empty: every token sees every earlier one.
+  std::vector<int32_t> turn_of;
 };
 // A training scene's questions (make_questions on the training split), shuffled; "describe"
 // kept with probability describe_p; balance_existence: as many absent-object probes as present
@@ -189,7 +197,12 @@ std::vector<world::Question> vlm_training_questions(const world::Scene& scene, w
                                                    bool balance_existence = false);
 // The image sequence of the questions (in the given order; at least the first one, its answer
 // cut when even it does not fit).
-VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& questions, int64_t max_text_tokens);
+// isolated: every turn is laid out as a first turn ("\n{q} ASSISTANT: {a}</s>" after the
+// shared "<s> USER: <image>") and sees only that prefix and itself (VlmSequence::turn_of), so
+// no answer can be copied from another turn's text; it is then read from the image, as the
+// eval asks it.
+VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Question>& questions, int64_t max_text_tokens,
+                               bool isolated = false);
 // The text-stage sequence: `context` (a description or caption) where the image goes.
 VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, const std::vector<world::Question>& questions,
                               int64_t max_text_tokens);

@@ -293,6 +293,38 @@ TEST(LlamaCache, LeftPaddedBatchMatchesUnpaddedRows) {
   EXPECT_LE(max_diff(step[1], full_logits(m, at::cat({b, ids({8})}, 1))[0][6]), 1e-5);
 }
 
+// A per-row [B, L, L] visibility mask (isolated training turns): row 0 has a prefix and two
+// turns that each see the prefix and themselves; row 1 is plain causal. Each turn equals the
+// prefix + that turn run alone (its positions follow the prefix), row 1 equals its own run.
+TEST(LlamaCache, PerRowMaskIsolatesTurnsThatShareAPrefix) {
+  LlamaForCausalLM m = small_model();
+  at::NoGradGuard ng;
+  const int64_t P = 4, T1 = 3, T2 = 5, L = P + T1 + T2;
+  const at::Tensor x = random_ids(2, L, 97, 21);  // [2, L]
+  at::Tensor mask = at::ones({2, L, L}, at::kBool).tril();
+  for (int64_t i = P + T1; i < L; ++i)
+    for (int64_t j = P; j < P + T1; ++j) mask[0][i][j] = false;  // turn 2 does not see turn 1
+  LlamaInput in;
+  in.input_ids = x;
+  in.tree_mask = mask;
+  const at::Tensor both = m->forward(in).logits;  // [2, L, V]
+
+  auto alone = [&](const at::Tensor& row_ids) {
+    LlamaInput one;
+    one.input_ids = row_ids.unsqueeze(0);
+    return m->forward(one).logits.squeeze(0);
+  };
+  const at::Tensor r0 = x[0];
+  const at::Tensor turn1 = alone(r0.narrow(0, 0, P + T1));
+  const at::Tensor turn2 = alone(at::cat({r0.narrow(0, 0, P), r0.narrow(0, P + T1, T2)}));
+  EXPECT_LE(max_diff(both[0].narrow(0, 0, P + T1), turn1), 1e-5);
+  EXPECT_LE(max_diff(both[0].narrow(0, P + T1, T2), turn2.narrow(0, P, T2)), 1e-5);
+  EXPECT_LE(max_diff(both[1], alone(x[1])), 1e-5);
+
+  in.tree_mask = at::ones({3, L, L}, at::kBool).tril();  // 3 rows for a batch of 2
+  EXPECT_THROW(m->forward(in), ShapeError);
+}
+
 TEST(LlamaCache, ErrorsAreClear) {
   LlamaForCausalLM m = small_model();
   at::NoGradGuard ng;

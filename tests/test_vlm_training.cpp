@@ -181,6 +181,30 @@ TEST(VlmTraining, FirstTurnIsTokenizedLikeVqaPromptIds) {
   EXPECT_EQ(short_seq.turns, 1);
   EXPECT_EQ(short_seq.ids.size(), prompt.size() + a1.size());
 
+  // Isolated turns: "<s> USER: <image>" once, then each question as its first turn would go on
+  // after the image; turn_of marks the prefix 0 and each turn's tokens with its number.
+  const VlmSequence iso = vlm_image_sequence(v, qs, 200, /*isolated=*/true);
+  ASSERT_EQ(iso.turns, 2);
+  ASSERT_EQ(iso.turn_of.size(), iso.ids.size());
+  EXPECT_EQ(iso.image_position, s.image_position);
+  const auto after_image = [&](const std::string& q) {
+    const std::vector<int64_t> p = vqa_prompt_ids(m, q);
+    return std::vector<int64_t>(p.begin() + s.image_position + 1, p.end());
+  };
+  std::vector<int64_t> iso_want(prompt.begin(), prompt.begin() + s.image_position + 1);
+  std::vector<int32_t> turn_want(iso_want.size(), 0);
+  for (int k = 0; k < 2; ++k) {
+    std::vector<int64_t> turn = after_image(qs[static_cast<size_t>(k)].question);
+    const std::vector<int64_t>& a = k == 0 ? a1 : a2;
+    turn.insert(turn.end(), a.begin(), a.end());
+    iso_want.insert(iso_want.end(), turn.begin(), turn.end());
+    turn_want.insert(turn_want.end(), turn.size(), k + 1);
+  }
+  EXPECT_EQ(iso.ids, iso_want);
+  EXPECT_EQ(iso.turn_of, turn_want);
+  EXPECT_EQ(std::count(iso.target.begin(), iso.target.end(), 1), static_cast<long>(a1.size() + a2.size()));
+  EXPECT_TRUE(s.turn_of.empty());
+
   // Text sequences: the context where the image goes, loss on every token after BOS.
   const VlmSequence t = vlm_text_sequence(v, "A red circle.", qs, 200);
   EXPECT_EQ(t.image_position, -1);
@@ -511,6 +535,15 @@ TEST(VlmTraining, LookupLossTeachesAHeadWhereAnswersAreRead) {
   n.lookup_weight = 0;
   n.grid.steps = 1;
   EXPECT_GT(r.stages[1].losses.front(), train_vlm(n).stages[1].losses.front() + 1.0);
+
+  // Isolated turns train too (the loss falls on the fixed batch) and the folder records them.
+  VlmTrainOptions iso = o;
+  iso.work_dir = (root / "work-isolated").string();
+  iso.isolated_turns = true;
+  const VlmTrainReport ri = train_vlm(iso);
+  EXPECT_LT(ri.stages[1].losses.back(), 0.8 * ri.stages[1].losses.front());
+  EXPECT_NE(ri.stages[1].losses.front(), r.stages[1].losses.front()) << "other sequences than the shared-context run";
+  EXPECT_EQ(read_json_file((root / "work-isolated/vlm_run.json").string()).value("isolated_turns", false), true);
 
   auto refused = [&](VlmTrainOptions bad, const std::string& says) {
     bad.work_dir.clear();

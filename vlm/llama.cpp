@@ -297,9 +297,11 @@ DecoderPass prepare_decoder_pass(const RotaryEmbedding& rope, const LlamaInput& 
   at::Tensor tree;
   if (in.tree_mask.defined()) {
     tree = in.tree_mask.to(at::kCPU).ne(0);
-    if (tree.dim() != 2 || tree.size(0) != L || tree.size(1) != L)
-      throw ShapeError("LLaMA forward: tree_mask must be [L, L] = [" + str(L) + ", " + str(L) + "]");
-    if (!tree.diagonal().all().item<bool>()) throw ConfigError("LLaMA forward: tree_mask must let every node see itself");
+    const bool shared = tree.dim() == 2, per_row = tree.dim() == 3 && tree.size(0) == B;
+    if (!(shared || per_row) || tree.size(-2) != L || tree.size(-1) != L)
+      throw ShapeError("LLaMA forward: tree_mask must be [L, L] or [B, L, L] = [" + str(B) + ", " + str(L) + ", " + str(L) + "]");
+    if (!tree.diagonal(0, -2, -1).all().item<bool>())
+      throw ConfigError("LLaMA forward: tree_mask must let every node see itself");
     if (tree.triu(1).any().item<bool>())
       throw ConfigError("LLaMA forward: tree_mask must only point to earlier nodes (parents before children)");
     p.tree = true;
@@ -317,7 +319,7 @@ DecoderPass prepare_decoder_pass(const RotaryEmbedding& rope, const LlamaInput& 
     at::Tensor base = at::tensor(next, at::TensorOptions().dtype(at::kLong)).view({B, 1});
     at::Tensor offsets;
     if (p.tree) {
-      offsets = tree.sum(1).to(at::kLong).sub(1).view({1, L});  // depth = ancestors
+      offsets = tree.sum(-1).to(at::kLong).sub(1).view({-1, L});  // depth = ancestors
     } else if (p.new_valid.defined()) {
       offsets = p.new_valid.to(at::kLong).cumsum(1).sub(1);
     } else {
@@ -339,8 +341,10 @@ DecoderPass prepare_decoder_pass(const RotaryEmbedding& rope, const LlamaInput& 
 
   // ---- visibility: end-aligned causal (or the tree) among the new tokens, cached keys visible ----
   if (L > 1 || p.key_valid.defined()) {
-    at::Tensor block = p.tree ? tree : at::ones({L, L}, cpu_bool).tril();
-    at::Tensor attend = at::cat({at::ones({L, P}, cpu_bool), block}, 1).view({1, 1, L, K});
+    at::Tensor block = p.tree ? tree : at::ones({L, L}, cpu_bool).tril();  // [L, L] or [B, L, L]
+    const int64_t rows = block.dim() == 3 ? B : 1;
+    at::Tensor attend =
+        at::cat({at::ones({rows, L, P}, cpu_bool), block.view({rows, L, L})}, 2).view({rows, 1, L, K});
     if (p.key_valid.defined()) {
       attend = attend.logical_and(p.key_valid.view({B, 1, 1, K}));
       // A padding query may see no key at all: let it see every key (its output is ignored),

@@ -110,8 +110,9 @@ struct LlamaInput {
   at::Tensor position_ids;    // [B, L] int64. Default: continue each row's positions from the cache;
                               // with attention_mask, HF's cumsum(mask) - 1; with tree_mask, next + depth
   at::Tensor attention_mask;  // [B, P + L] or [B, L], 1 = token, 0 = left padding
-  at::Tensor tree_mask;       // [L, L] bool: new token i may see new token j (ancestors and itself);
-                              // replaces the causal mask among the new tokens (cached keys stay visible)
+  at::Tensor tree_mask;       // [L, L] or [B, L, L] bool: new token i may see new token j (ancestors and
+                              // itself); replaces the causal mask among the new tokens (cached keys stay
+                              // visible). Per row: a training batch of independent turns sharing a prefix
   at::Tensor image_mask;      // [B, L] bool: which new tokens are image tokens (hooks read it; the cache keeps it)
 };
 
