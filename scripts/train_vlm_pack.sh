@@ -48,6 +48,11 @@
 #                  embeddings of the words naming what covers it) before align, which then pulls
 #                  the projected image tokens towards it (--grid-steps; default 0 = off)
 #   ALIGN_GRID=W   weight of that pull (--align-grid; default 1)
+#   LOOKUP=W       weight of the lookup loss in the grid, align and fine-tune stages: one
+#                  attention head learns to look at the patches an answer is read from
+#                  (--lookup; default 0 = off)
+#   ISOLATED=1     image sequences isolate their turns: every question a first turn that sees
+#                  only the image prefix and itself (--isolated-turns; default 0)
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
@@ -91,6 +96,8 @@ fi
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
 [ "${SCENE_LABELS:-0}" = 1 ] && EXTRA+=(--scene-labels)
 [ -n "${ALIGN_GRID:-}" ] && EXTRA+=(--align-grid "$ALIGN_GRID")
+[ -n "${LOOKUP:-}" ] && EXTRA+=(--lookup "$LOOKUP")
+[ "${ISOLATED:-0}" = 1 ] && EXTRA+=(--isolated-turns)
 if [ "${FTZ:-0}" = 1 ]; then
   EXTRA+=(--ftz)
   [ "${AUG_LABELS:-1}" = 1 ] && EXTRA+=(--aug-position --augment-labels)
