@@ -50,14 +50,16 @@
 #   ALIGN_GRID=W   weight of that pull (--align-grid; default 1)
 #   LOOKUP=W       weight of the lookup loss in the grid, align and fine-tune stages: one
 #                  attention head learns to look at the patches an answer is read from
-#                  (--lookup; default 0 = off)
+#                  (--lookup; default 1; 0 = off)
 #   ISOLATED=1     image sequences isolate their turns: every question a first turn that sees
-#                  only the image prefix and itself (--isolated-turns; default 0)
+#                  only the image prefix and itself (--isolated-turns; default 1)
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
-#                  VLM's 2000 / 600 / 300 / 6000 (augment only with FTZ=1), so the command
-#                  reproduces assets/starter/vlm)
+#                  VLM's 2000 / 600 / 300 / 3000, then FINETUNE_CONTINUE 6000, after the vision
+#                  stage VISION_FIRST 2000 -> VISION_STEPS 6000 with SCENE_LABELS=1 (augment only
+#                  with FTZ=1), so the command reproduces assets/starter/vlm; VISION_FIRST= empty
+#                  runs the vision stage in one go)
 #   VISOR_STEPS=N / VISOR_CROSS=N  VISOR's universal steps (default 1500) and cross-attention
 #                  layers (default 3: within a point of the LLaVA path at 5x less visual compute;
 #                  2 saved 7x at 3 points less)
@@ -88,9 +90,13 @@ if [ "${SMOKE:-0}" = 1 ]; then
   EXTRA=(--tiny --log-every 1)
   FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
 else
-  # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000).
+  # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000): the
+  # vision stage with scene labels to 2000 then 6000 steps, text 600, align 300, the fine-tune
+  # to 3000 then on to 6000 (a warm restart), with the lookup loss and isolated turns.
   AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-6000}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-6000}
+  VISION_FIRST=${VISION_FIRST-2000} VISION_STEPS=${VISION_STEPS:-6000} SCENE_LABELS=${SCENE_LABELS:-1}
+  LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
 fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
