@@ -356,6 +356,9 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
   b.image_position = seqs.front().image_position;
   const int64_t extra = b.image_position >= 0 ? image_features - 1 : 0;
   const int64_t merged = L + extra;
+  // Text position j -> merged position: the image's features take extra more slots, and the
+  // token after the image is predicted from the last feature.
+  auto merged_position = [&](int64_t j) { return (b.image_position >= 0 && j >= b.image_position) ? j + extra : j; };
   b.ids = at::full({B, L}, v.eos, at::kLong);
   auto ids = b.ids.accessor<int64_t, 2>();
   std::vector<int64_t> rows, labels;
@@ -367,9 +370,7 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
       ids[r][static_cast<int64_t>(k)] = static_cast<int64_t>(k) == s.image_position ? 0 : s.ids[k];
       if (k == 0 || !s.target[k]) continue;
       // Token k is predicted at text position k - 1, merged position m(k - 1).
-      const int64_t j = static_cast<int64_t>(k) - 1;
-      const int64_t m = (b.image_position >= 0 && j >= b.image_position) ? j + extra : j;
-      rows.push_back(r * merged + m);
+      rows.push_back(r * merged + merged_position(static_cast<int64_t>(k) - 1));
       labels.push_back(s.ids[k]);
     }
   }
@@ -401,8 +402,7 @@ Batch collate(const std::vector<VlmSequence>& seqs, const VlmVocab& v, int64_t i
   std::vector<int64_t> lookup_rows;
   for (int64_t r = 0; r < B; ++r)
     for (const VlmSequence::Lookup& k : seqs[static_cast<size_t>(r)].lookups) {
-      const int64_t j = k.answer_start - 1;  // the position that predicts the answer's first token
-      lookup_rows.push_back(r * merged + ((b.image_position >= 0 && j >= b.image_position) ? j + extra : j));
+      lookup_rows.push_back(r * merged + merged_position(k.answer_start - 1));  // predicts the answer's first token
       b.lookup_sequence.push_back(r);
       b.lookup_items.push_back(k.items);
     }
