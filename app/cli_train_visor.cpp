@@ -35,12 +35,24 @@ void add_train_visor_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--sa-intermediate", t.sa_intermediate, "MLP width of the self-attention blocks (0: the LM's)")
       ->capture_default_str();
+  cmd->add_option("--position-kernel", t.position_kernel,
+                  "Kernel of the image tokens' depthwise position convolution, odd (0: the config's default, 3); "
+                  "2 x grid side - 1 lets it encode absolute position")
+      ->capture_default_str();
+  cmd->add_flag("--position-embedding", t.position_embedding,
+                "Add a learned position embedding to each image token (cross-attention keys carry no position)");
   cmd->add_option("--router-hidden", t.router_hidden, "Router MLP width")->capture_default_str();
   cmd->add_flag("!--freeze-lm", t.train_language_model, "Keep the LM layers frozen (train only VISOR blocks and projector)");
   cmd->add_option("--describe-prob", t.describe_probability, "Share of \"Describe the image.\" questions")
       ->capture_default_str();
   cmd->add_flag("--balance-existence", t.balance_existence,
                 "Universal training asks as many \"is there a ...?\" probes answered no as answered yes");
+  cmd->add_option("--lookup", t.lookup_weight,
+                  "Lookup loss weight: a cross-attention head is taught to look at the patches an answer is read "
+                  "from (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--lookup-block", t.lookup_block, "Cross-attention block of the lookup head (-1: the last)")
+      ->capture_default_str();
   cmd->add_option("--router-examples", t.router_examples, "Questions pseudo-labelled for the router")->capture_default_str();
   cmd->add_option("--router-steps", t.router_steps, "Router training steps")->capture_default_str();
   cmd->add_option("--router-lr", t.router_lr, "Router learning rate")->capture_default_str();

@@ -1,6 +1,7 @@
 #include "pipelines/visor_training.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include "core/tensor_io.h"
 #include "pipelines/trainer.h"
 #include "pipelines/vlm_eval.h"
+#include "pipelines/vlm_training.h"
 #include "world/render.h"
 #include "world/rng.h"
 
@@ -40,6 +42,10 @@ void check_options(const VisorTrainOptions& o) {
   if (o.self_layers < -1) bad("--self-layers must be >= 0, found " + str(o.self_layers));
   if (o.router_examples < 0 || o.router_steps < 0) bad("--router-examples and --router-steps must be >= 0");
   if (o.eval_questions < 0) bad("--eval must be >= 0, found " + str(o.eval_questions));
+  if (o.position_kernel < 0 || (o.position_kernel > 0 && o.position_kernel % 2 == 0))
+    bad("--position-kernel must be a positive odd number (0: default), found " + str(o.position_kernel));
+  if (o.lookup_weight < 0) bad("--lookup must be >= 0, found " + std::to_string(o.lookup_weight));
+  if (o.lookup_block < -1) bad("--lookup-block must be >= 0 (or -1: the last), found " + str(o.lookup_block));
   if (o.max_new_tokens < 1) bad("--max-tokens must be >= 1, found " + str(o.max_new_tokens));
   if (!(o.lr > 0) || !(o.router_lr > 0)) bad("learning rates must be positive");
   if (o.describe_probability < 0 || o.describe_probability > 1) bad("describe probability must be in [0, 1]");
@@ -53,6 +59,8 @@ VisorConfig layout_of(const VisorTrainOptions& o, const LlamaConfig& text) {
   VisorConfig c = VisorConfig::uniform(L, n_cross, n_self);
   c.self_attention_intermediate_size = o.sa_intermediate;
   c.router_hidden_size = o.router_hidden;
+  if (o.position_kernel > 0) c.position_conv_kernel = o.position_kernel;
+  c.position_embedding = o.position_embedding;
   c.validate(text, "train visor");
   return c;
 }
@@ -117,7 +125,8 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
 // =============================================================================================
 // Losses and labels
 
-at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget) {
+at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget,
+                             double lookup_weight, int64_t lookup_block, double* lookup_mass) {
   if (batch.empty()) throw ConfigError("VISOR loss: empty batch");
   const LlavaConfig& c = m.visor->config();
   const int64_t eos = c.text.eos_token_ids.at(0);
@@ -156,9 +165,43 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   in.prompt_lengths = at::tensor(prompt_lengths, at::TensorOptions().dtype(at::kLong));
   VisorForwardOptions fo;
   fo.budgets = {budget};
-  const at::Tensor logits = m.visor->forward(in, nullptr, fo).logits;  // [B, T, V]
-  return at::cross_entropy_loss(logits.reshape({B * T, -1}).to(at::kFloat),
-                                targets.view({-1}).to(logits.device()), {}, at::Reduction::Mean, -100);
+  const int64_t n_cross = static_cast<int64_t>(m.visor->visor_config().cross_attention_layers.size());
+  const bool lookup = lookup_weight > 0;
+  if (lookup) {
+    if (lookup_block < -1 || lookup_block >= n_cross)
+      throw ConfigError("VISOR lookup loss: cross-attention block " + str(lookup_block) + " is outside 0.." +
+                        str(n_cross - 1) + " (or -1 for the last)");
+    fo.record_cross_block = lookup_block < 0 ? n_cross - 1 : lookup_block;
+  }
+  const VisorOutput out = m.visor->forward(in, nullptr, fo);
+  const at::Tensor& logits = out.logits;  // [B, T, V]
+  at::Tensor loss = at::cross_entropy_loss(logits.reshape({B * T, -1}).to(at::kFloat),
+                                           targets.view({-1}).to(logits.device()), {}, at::Reduction::Mean, -100);
+  if (lookup_mass) *lookup_mass = -1;
+  if (!lookup) return loss;
+  // Rows: the position whose logits predict the answer's first token; mask: the items' patches.
+  const int64_t N = out.cross_weights.size(2);
+  const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(N))));
+  if (grid * grid != N)
+    throw ShapeError("VISOR lookup loss: " + str(N) + " image tokens do not form a square patch grid");
+  std::vector<int64_t> rows;
+  std::vector<float> mask;
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int>& items = batch[b].question.items;
+    if (items.empty()) continue;
+    std::vector<float> row;
+    for (const int who : patch_owners(batch[b].scene, grid))
+      row.push_back(std::find(items.begin(), items.end(), who) != items.end() ? 1.f : 0.f);
+    if (std::find(row.begin(), row.end(), 1.f) == row.end()) continue;  // items too small to own a patch
+    rows.push_back(b * T + prompt_lengths[b] - 1);
+    mask.insert(mask.end(), row.begin(), row.end());
+  }
+  if (rows.empty()) return loss;
+  const at::Tensor m_rows = at::tensor(mask, at::kFloat).view({static_cast<int64_t>(rows.size()), N});
+  const at::Tensor w = out.cross_weights.reshape({B * T, N}).index_select(0, at::tensor(rows, at::kLong).to(logits.device()));
+  const at::Tensor on = (w.to(at::kFloat) * m_rows.to(w.device())).sum(1);  // [M]
+  if (lookup_mass) *lookup_mass = on.mean().item<double>();
+  return loss - lookup_weight * on.clamp_min(1e-6).log().mean();
 }
 
 int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features) {
@@ -320,6 +363,16 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
   m.visor->init_from_language_model(o.seed);
   const VisorConfig& vc = m.visor->visor_config();
   const int64_t S = vc.num_self();
+  if (vc.position_embedding) {
+    // A sin-cos position table at the RMS of the projected image tokens (VisorPositionConv::init_sincos).
+    std::vector<at::Tensor> pixels;
+    for (const VisorVqaItem& item : visor_vqa_items(world::hash_combine(o.seed, 0x9e0ull), 8, world::Split::Train, 0.0))
+      pixels.push_back(vqa_pixels(m.base, item.image));
+    at::NoGradGuard no_grad;
+    const double rms = m.visor->image_features(at::cat(pixels, 0)).to(at::kFloat).pow(2).mean().sqrt().item<double>();
+    m.visor->visor->position_conv->init_sincos(rms);
+    log("position embedding: sin-cos table at the image tokens' RMS " + std::to_string(rms));
+  }
   {
     std::string line = "VISOR layout: " + str(text.num_hidden_layers) + " text layers, cross-attention at slots";
     for (int64_t s : vc.cross_attention_layers) line += " " + str(s);
@@ -348,11 +401,19 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
     t.progress = o.progress;
     Trainer trainer(named_trainable_parameters(*m.visor), t);
     if (trainer.resume()) log("resumed universal training at step " + str(trainer.current_step()));
-    trainer.run([&](int64_t, at::Generator& gen) {
+    double mass_sum = 0;
+    int64_t mass_n = 0;
+    trainer.run([&](int64_t step, at::Generator& gen) {
       const int64_t budget = at::randint(0, S + 1, {1}, gen).item<int64_t>();
       const auto batch = visor_vqa_items(trainer.step_seed(), o.batch, world::Split::Train, o.describe_probability,
                                          o.balance_existence);
-      at::Tensor loss = visor_answer_loss(m, batch, budget);
+      double mass = -1;
+      at::Tensor loss = visor_answer_loss(m, batch, budget, o.lookup_weight, o.lookup_block, &mass);
+      if (mass >= 0) mass_sum += mass, ++mass_n;
+      if (mass_n > 0 && o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0) {
+        log("[visor] lookup head's weight on the answers' patches: " + str(std::lround(100 * mass_sum / mass_n)) + "%");
+        mass_sum = 0, mass_n = 0;
+      }
       report.universal_losses.push_back(loss.item<double>());
       return loss;
     });

@@ -45,6 +45,12 @@ struct VisorTrainOptions {
   int64_t cross_layers = 0, self_layers = -1;  // self -1 = default, 0 = none (no router)
   int64_t sa_intermediate = 0;                 // 0: the LM's intermediate_size
   int64_t router_hidden = 64;
+  // Kernel of the image tokens' depthwise position convolution (0: VisorConfig's default). With
+  // zero padding, a kernel that spans the patch grid (2 * side - 1) can encode absolute position,
+  // which cross-attention needs: its image keys carry no RoPE positions.
+  int64_t position_kernel = 0;
+  // A learned position embedding per image token (VisorConfig::position_embedding).
+  bool position_embedding = false;
   // Universal training.
   int64_t steps = 1500, batch = 8, warmup = 50;
   double lr = 3e-4;
@@ -53,6 +59,12 @@ struct VisorTrainOptions {
   // Universal training's questions drawn after world::balance_existence_probes, as the pack
   // VLM's fine-tune saw them (the router's labels keep the natural mix it meets at inference).
   bool balance_existence = false;
+  // Lookup loss (the pack VLM's --lookup, read through cross-attention): at the text position
+  // that predicts an answer's first token, head 0 of cross-attention block `lookup_block` (-1:
+  // the last) is asked to put its weight on the image tokens of the patches the answer is read
+  // from (world::Question::items, patch_owners): + lookup_weight * -log(weight there). 0: off.
+  double lookup_weight = 0.0;
+  int64_t lookup_block = -1;
   // Router.
   int64_t router_examples = 256, router_steps = 300;
   double router_lr = 3e-3;
@@ -108,7 +120,11 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
 
 // Mean answer-token cross-entropy of a batch at one budget (differentiable): the vision tower
 // runs without gradients, the projector, LM and VISOR blocks with them.
-at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget);
+// With lookup_weight > 0, plus lookup_weight times the lookup loss of cross-attention block
+// `lookup_block` (-1: the last; VisorTrainOptions::lookup_weight) over the questions with items;
+// `lookup_mass` gets head 0's mean weight on those items' patches (-1 when no question has any).
+at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget,
+                             double lookup_weight = 0.0, int64_t lookup_block = -1, double* lookup_mass = nullptr);
 
 // Pseudo-label of one question: the cheapest budget whose greedy answer equals the full
 // budget's. `features` gets the router's input [2H].

@@ -476,11 +476,6 @@ std::string decode_for_log(const VlmVocab& v, const std::vector<int64_t>& ids) {
   return out;
 }
 
-// Dense patch labels: per token of a grid x grid patch map, the colour / shape / size class of
-// the item covering most of its patch (world::render_owner_map). Class 0 is the background;
-// the stick figure is its own colour and shape class and has no size (-100: ignored). An item
-// counts when it covers at least 1/16 of the patch (small shapes and thin limbs straddle
-// patches). Targets [B * grid * grid] each.
 // Throws ConfigError unless `res`-pixel scenes split into grid x grid whole patches.
 void check_label_grid(int res, int64_t grid) {
   if (grid <= 0 || res % grid != 0)
@@ -489,10 +484,8 @@ void check_label_grid(int res, int64_t grid) {
                       "no labels");
 }
 
-// With scene_labels two more targets per patch, the same for every patch of a scene: its
-// drawing style and its background (what the object labels alone would let the tower forget).
-// Per patch of a grid x grid map (row-major), the item covering most of it (an index into
-// scene.objects, objects.size() for the stick figure), or -1 when none covers 1/16 of it.
+}  // namespace
+
 std::vector<int> patch_owners(const world::Scene& scene, int64_t grid) {
   const int res = scene.resolution;
   check_label_grid(res, grid);
@@ -515,6 +508,14 @@ std::vector<int> patch_owners(const world::Scene& scene, int64_t grid) {
   return out;
 }
 
+namespace {
+
+// Dense patch labels: per token of a grid x grid patch map, the colour / shape / size class of
+// the item covering most of its patch (patch_owners). Class 0 is the background; the stick
+// figure is its own colour and shape class and has no size (-100: ignored). Targets
+// [B * grid * grid] each. With scene_labels two more targets per patch, the same for every
+// patch of a scene: its drawing style and its background (what the object labels alone would
+// let the tower forget).
 std::vector<at::Tensor> patch_label_targets(const std::vector<world::Scene>& scenes, int64_t grid,
                                             bool scene_labels = false) {
   const int64_t n_colors = static_cast<int64_t>(world::all_colors().size());

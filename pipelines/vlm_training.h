@@ -207,6 +207,11 @@ VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Quest
 VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, const std::vector<world::Question>& questions,
                               int64_t max_text_tokens);
 
+// Per patch of a grid x grid map over the scene's render (row-major), the item covering most of
+// it: an index into scene.objects, objects.size() for the stick figure, or -1 when none covers
+// 1/16 of it. ConfigError when the scene's resolution does not split into whole patches.
+std::vector<int> patch_owners(const world::Scene& scene, int64_t grid);
+
 // The LLaVA config.json object for an encoder's vision config, the sizes and the vocabulary.
 Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, const VlmVocab& vocab, bool ftz);
 

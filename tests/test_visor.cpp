@@ -469,6 +469,25 @@ TEST(Visor, BadConfigsErrorClearly) {
   expect_error<CheckpointError>([&] { load_visor(dir); }, "has 2 self-attention blocks");
 }
 
+// The sin-cos position table: the requested RMS, every patch its own row, and rows that differ
+// in row or column only differ in their own half of the channels.
+TEST(Visor, SinCosPositionTableTellsPatchesApart) {
+  VisorPositionConv pc(16, 3, 2, 16);  // H 16, a 4 x 4 grid
+  pc->init_sincos(0.5);
+  const at::Tensor e = pc->embedding.detach();
+  EXPECT_NEAR(e.pow(2).mean().sqrt().item<double>(), 0.5, 1e-5);
+  for (int64_t a = 0; a < 16; ++a)
+    for (int64_t b = a + 1; b < 16; ++b) EXPECT_GT((e[a] - e[b]).abs().max().item<double>(), 1e-3) << a << " " << b;
+  // Patches 0 and 1 share a row: the row half (channels 0..7) is equal, the column half is not.
+  EXPECT_LT((e[0].narrow(0, 0, 8) - e[1].narrow(0, 0, 8)).abs().max().item<double>(), 1e-6);
+  EXPECT_GT((e[0].narrow(0, 8, 8) - e[1].narrow(0, 8, 8)).abs().max().item<double>(), 1e-3);
+  VisorPositionConv none(16, 3, 2);
+  none->init_sincos(0.5);  // no embedding: nothing to set
+  EXPECT_FALSE(none->embedding.defined());
+  // An image of another length than the table's is refused.
+  expect_error<ShapeError>([&] { pc(at::zeros({1, 9, 16})); }, "it has 16 image tokens, the image 9");
+}
+
 // =============================================================================================
 // Training
 
@@ -515,6 +534,44 @@ TEST(VisorTraining, LearnsABatchWithGradientsWhereTheBudgetSays) {
   EXPECT_GT(grad_norm(*m.visor->visor->self_blocks[0]->mlp->down_proj), 0);
   EXPECT_EQ(grad_norm(*m.visor->visor->self_blocks[1]), 0);
   EXPECT_EQ(grad_norm(*m.visor->llava->vision_tower), 0);
+}
+
+// The lookup loss (VisorTrainOptions::lookup_weight): a cross-attention head learns to put its
+// weight, at the position that predicts the answer, on the patches of the object asked about.
+TEST(VisorTraining, LookupLossTeachesACrossAttentionHeadWhereAnswersAreRead) {
+  VisorModel m{VqaModel::load(llava_folder("llava")), nullptr};
+  m.visor = VisorForConditionalGeneration(m.base.model, VisorConfig::uniform(2, 2, 0));
+  m.visor->init_from_language_model(0);
+  std::vector<VisorVqaItem> batch;
+  for (VisorVqaItem& item : visor_vqa_items(7, 40, world::Split::Train, 0.0))
+    if (item.question.items.size() == 1 && batch.size() < 8) batch.push_back(std::move(item));
+  ASSERT_EQ(batch.size(), 8u);
+  for (auto& p : m.visor->llava->vision_tower->parameters()) p.set_requires_grad(false);
+  double mass0 = 0, ignored = 0;
+  const double plain = visor_answer_loss(m, batch, 0).item<double>();
+  const double with = visor_answer_loss(m, batch, 0, 1.0, -1, &mass0).item<double>();
+  ASSERT_GT(mass0, 0);
+  EXPECT_GT(with - plain, 0.5) << "-log of a weight spread over all patches";
+  EXPECT_NEAR(visor_answer_loss(m, batch, 0, 0.0, -1, &ignored).item<double>(), plain, 1e-6);
+  EXPECT_EQ(ignored, -1);  // no lookup asked: no mass
+  TrainerOptions o;
+  o.steps = 30;
+  o.lr = 3e-3;
+  o.log_every = 0;
+  Trainer t(named_trainable_parameters(*m.visor), o);
+  double mass = 0;
+  t.run([&](int64_t, at::Generator&) { return visor_answer_loss(m, batch, 0, 1.0, -1, &mass); });
+  EXPECT_GT(mass, mass0 + 0.2) << mass0 << " -> " << mass;
+  // Block 0 was not asked: its head 0 stays spread.
+  double block0 = 0;
+  visor_answer_loss(m, batch, 0, 1.0, 0, &block0);
+  EXPECT_LT(block0, mass - 0.1);
+  expect_error<ConfigError>([&] { visor_answer_loss(m, batch, 0, 1.0, 2); }, "cross-attention block 2 is outside 0..1");
+  VisorInput in;
+  in.input_ids = at::tensor(std::vector<int64_t>{1, 5}, at::kLong).view({1, 2});
+  VisorForwardOptions fo;
+  fo.record_cross_block = 3;
+  expect_error<ConfigError>([&] { m.visor->forward(in, nullptr, fo); }, "block 3 to record, but the model has 2");
 }
 
 // balance_existence: the training questions' existence probes are as often "yes" as "no"
@@ -602,6 +659,47 @@ TEST(VisorTraining, RunExportsEvaluatesAndResumes) {
     bad.batch = 0;
     train_visor(bad);
   }, "--batch");
+  expect_error<ConfigError>([&] {
+    VisorTrainOptions bad = o;
+    bad.position_kernel = 4;
+    train_visor(bad);
+  }, "--position-kernel must be a positive odd number");
+  expect_error<ConfigError>([&] {
+    VisorTrainOptions bad = o;
+    bad.lookup_weight = -1;
+    train_visor(bad);
+  }, "--lookup must be >= 0");
+  // A wider position convolution and a position embedding are the exported model's.
+  o.position_kernel = 7;
+  o.position_embedding = true;
+  o.steps = 3;  // the cross-attention blocks' o_proj start at zero: the embedding's gradient comes from step 2
+  o.warmup = 0;
+  o.work_dir.clear();
+  o.router_examples = 0;
+  o.out_dir = testing_util::scratch("out7");
+  train_visor(o);
+  EXPECT_EQ(read_json_file((fs::path(o.out_dir) / "config.json").string())["visor"]["position_conv_kernel"], 7);
+  VisorModel wide = VisorModel::load(o.out_dir);
+  EXPECT_EQ(wide.visor->visor->position_conv->weight.size(3), 7);
+  const at::Tensor embedding = wide.visor->visor->position_conv->embedding;
+  ASSERT_TRUE(embedding.defined());
+  EXPECT_EQ(embedding.size(0), wide.base.model->config().image_feature_tokens());
+  EXPECT_GT(embedding.abs().max().item<double>(), 0) << "a sin-cos table at the image tokens' scale";
+  // The embedding moves the image tokens: zeroing it changes the position conv's output.
+  const at::Tensor image = at::randn({1, embedding.size(0), embedding.size(1)});
+  const at::Tensor with = wide.visor->visor->position_conv(image);
+  wide.visor->visor->position_conv->embedding.detach().zero_();
+  EXPECT_GT((with - wide.visor->visor->position_conv(image)).abs().max().item<double>(), 0);
+  // A config asking for an embedding the weights lack is refused, naming the key.
+  const std::string plain_dir = testing_util::scratch("out-plain");
+  fs::create_directories(plain_dir);
+  for (const auto& e : fs::directory_iterator(o.out_dir)) fs::copy_file(e.path(), fs::path(plain_dir) / e.path().filename());
+  o.position_embedding = false;
+  o.out_dir = testing_util::scratch("out-noemb");
+  train_visor(o);
+  fs::copy_file(fs::path(o.out_dir) / "model.safetensors", fs::path(plain_dir) / "model.safetensors",
+                fs::copy_options::overwrite_existing);
+  expect_error<CheckpointError>([&] { VisorModel::load(plain_dir); }, "position_conv.embedding");
 }
 
 #ifdef IRIS_CLI

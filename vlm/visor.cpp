@@ -66,8 +66,9 @@ void check_slots(const std::vector<int64_t>& slots, const char* key, int64_t lay
 
 // Multi-head attention with grouped keys/values and an optional key mask (no causal mask).
 // q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D], key_visible [B, Lk] bool or undefined -> [B, Lq, Hq * D]
+// head0: when given, query head 0's post-softmax weights [B, Lq, Lk] (with autograd history).
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_visible,
-                  double scale) {
+                  double scale, at::Tensor* head0 = nullptr) {
   const int64_t B = q.size(0), Hq = q.size(1), Lq = q.size(2), D = q.size(3), Hkv = k.size(1), Lk = k.size(2);
   const int64_t G = Hq / Hkv;
   const at::Tensor qg = q.reshape({B, Hkv, G * Lq, D});  // query head h reads kv head h / G
@@ -75,7 +76,9 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (key_visible.defined())
     s = s.masked_fill(key_visible.logical_not().view({B, 1, 1, Lk}).to(s.device()),
                       -std::numeric_limits<float>::infinity());
-  const at::Tensor o = at::matmul(at::softmax(s, -1), v);  // [B, Hkv, G*Lq, D]
+  const at::Tensor p = at::softmax(s, -1);
+  if (head0) *head0 = p.select(1, 0).narrow(1, 0, Lq);  // query head 0 = group 0 of kv head 0
+  const at::Tensor o = at::matmul(p, v);  // [B, Hkv, G*Lq, D]
   return o.view({B, Hq, Lq, D}).transpose(1, 2).reshape({B, Lq, Hq * D});
 }
 
@@ -141,6 +144,7 @@ VisorConfig VisorConfig::from_json(const Json& j, const LlamaConfig& text, const
   c.self_attention_layers = parse_slots(j, "self_attention_layers", false, what);
   c.position_conv_kernel = json_int(j, "position_conv_kernel", c.position_conv_kernel, what);
   c.position_conv_dims = json_int(j, "position_conv_dims", c.position_conv_dims, what);
+  c.position_embedding = json_bool(j, "position_embedding", c.position_embedding, what);
   c.self_attention_intermediate_size =
       json_int(j, "self_attention_intermediate_size", c.self_attention_intermediate_size, what);
   c.router_hidden_size = json_int(j, "router_hidden_size", c.router_hidden_size, what);
@@ -153,6 +157,7 @@ Json VisorConfig::to_json() const {
           {"self_attention_layers", self_attention_layers},
           {"position_conv_kernel", position_conv_kernel},
           {"position_conv_dims", position_conv_dims},
+          {"position_embedding", position_embedding},
           {"self_attention_intermediate_size", self_attention_intermediate_size},
           {"router_hidden_size", router_hidden_size}};
 }
@@ -200,9 +205,10 @@ std::pair<at::Tensor, at::Tensor> VisorCrossAttentionImpl::image_kv(const at::Te
           split_heads(v_proj(n), kv_heads_, head_dim_).contiguous()};
 }
 
-at::Tensor VisorCrossAttentionImpl::forward(const at::Tensor& text, const at::Tensor& keys, const at::Tensor& values) {
+at::Tensor VisorCrossAttentionImpl::forward(const at::Tensor& text, const at::Tensor& keys, const at::Tensor& values,
+                                            at::Tensor* head0_weights) {
   const at::Tensor q = split_heads(q_proj(text_norm(text)), heads_, head_dim_);
-  return o_proj(attend(q, keys, values, at::Tensor(), 1.0 / std::sqrt(static_cast<double>(head_dim_))));
+  return o_proj(attend(q, keys, values, at::Tensor(), 1.0 / std::sqrt(static_cast<double>(head_dim_)), head0_weights));
 }
 
 VisorSelfAttentionImpl::VisorSelfAttentionImpl(const LlamaConfig& t, int64_t intermediate_size)
@@ -230,9 +236,11 @@ at::Tensor VisorSelfAttentionImpl::forward(const at::Tensor& image, const at::Te
   return y + mlp(post_attention_layernorm(y));
 }
 
-VisorPositionConvImpl::VisorPositionConvImpl(int64_t hidden, int64_t kernel, int64_t dims) : kernel_(kernel), dims_(dims) {
+VisorPositionConvImpl::VisorPositionConvImpl(int64_t hidden, int64_t kernel, int64_t dims, int64_t tokens)
+    : kernel_(kernel), dims_(dims) {
   weight = register_parameter("weight", dims == 2 ? at::zeros({hidden, 1, kernel, kernel}) : at::zeros({hidden, 1, kernel}));
   bias = register_parameter("bias", at::zeros({hidden}));
+  if (tokens > 0) embedding = register_parameter("embedding", at::zeros({tokens, hidden}));
 }
 
 at::Tensor VisorPositionConvImpl::forward(const at::Tensor& image) {
@@ -248,7 +256,33 @@ at::Tensor VisorPositionConvImpl::forward(const at::Tensor& image) {
   } else {
     y = at::conv1d(x, weight, bias, 1, kernel_ / 2, 1, H);
   }
-  return image + y.transpose(1, 2);
+  y = image + y.transpose(1, 2);
+  if (!embedding.defined()) return y;
+  if (embedding.size(0) != N)
+    throw ShapeError("VISOR position embedding: it has " + str(embedding.size(0)) + " image tokens, the image " + str(N));
+  return y + embedding.unsqueeze(0);
+}
+
+void VisorPositionConvImpl::init_sincos(double rms) {
+  if (!embedding.defined()) return;
+  const int64_t N = embedding.size(0), H = embedding.size(1);
+  const int64_t g = dims_ == 2 ? static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(N)))) : N;
+  const int64_t axes = dims_ == 2 ? 2 : 1, per_axis = H / axes, freqs = per_axis / 2;
+  at::Tensor table = at::zeros({N, H});
+  auto t = table.accessor<float, 2>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t a = 0; a < axes; ++a) {
+      const double coord = static_cast<double>(axes == 2 ? (a == 0 ? n / g : n % g) : n);  // row, column / index
+      for (int64_t f = 0; f < freqs; ++f) {
+        const double w = std::pow(10000.0, -static_cast<double>(f) / static_cast<double>(std::max<int64_t>(1, freqs)));
+        t[n][a * per_axis + f] = static_cast<float>(std::sin(coord * w));
+        t[n][a * per_axis + freqs + f] = static_cast<float>(std::cos(coord * w));
+      }
+    }
+  // Rescale the filled channels to the wanted RMS over the whole table.
+  const double now = table.pow(2).mean().sqrt().item<double>();
+  at::NoGradGuard no_grad;
+  embedding.copy_(table * (now > 0 ? rms / now : 0.0));
 }
 
 VisorRouterImpl::VisorRouterImpl(int64_t hidden, int64_t width, int64_t budgets, double eps) {
@@ -259,9 +293,10 @@ VisorRouterImpl::VisorRouterImpl(int64_t hidden, int64_t width, int64_t budgets,
 
 at::Tensor VisorRouterImpl::forward(const at::Tensor& features) { return fc2(at::silu(fc1(norm(features)))); }
 
-VisorLayersImpl::VisorLayersImpl(const VisorConfig& cfg, const LlamaConfig& text) {
+VisorLayersImpl::VisorLayersImpl(const VisorConfig& cfg, const LlamaConfig& text, int64_t image_tokens) {
   position_conv = register_module("position_conv", VisorPositionConv(text.hidden_size, cfg.position_conv_kernel,
-                                                                     cfg.position_conv_dims));
+                                                                     cfg.position_conv_dims,
+                                                                     cfg.position_embedding ? image_tokens : 0));
   cross_attn = register_module("cross_attn", torch::nn::ModuleList());
   self_attn = register_module("self_attn", torch::nn::ModuleList());
   for (int64_t i = 0; i < cfg.num_cross(); ++i) {
@@ -294,7 +329,7 @@ VisorForConditionalGenerationImpl::VisorForConditionalGenerationImpl(LlavaForCon
   register_module("multi_modal_projector", llava->multi_modal_projector);
   language_model = register_module("language_model", llava->language_model);
   if (llava->ftz) register_module("ftz", llava->ftz);
-  visor = register_module("visor", VisorLayers(cfg_, c.text));
+  visor = register_module("visor", VisorLayers(cfg_, c.text, n));
 }
 
 VisorCache VisorForConditionalGenerationImpl::new_cache(int64_t batch, int64_t capacity) const {
@@ -351,6 +386,9 @@ VisorOutput VisorForConditionalGenerationImpl::forward(const VisorInput& in, Vis
   for (int64_t b : budgets)
     if (b < -1 || b > S)
       throw ConfigError("VISOR: budget " + str(b) + " is outside 0.." + str(S) + " (or -1 / auto for the router)");
+  if (opt.record_cross_block >= static_cast<int64_t>(cfg_.cross_attention_layers.size()))
+    throw ConfigError("VISOR forward: cross-attention block " + str(opt.record_cross_block) + " to record, but the model has " +
+                      str(cfg_.cross_attention_layers.size()));
   if (cached_image && static_cast<int64_t>(cache->budgets.size()) == B) {
     budgets = cache->budgets;  // decode: the configuration the prefill ran
   } else if (!image.defined() || S == 0) {
@@ -414,7 +452,8 @@ VisorOutput VisorForConditionalGenerationImpl::forward(const VisorInput& in, Vis
       } else {
         continue;  // a text-only sequence
       }
-      x = x + ca->forward(x, k, v);
+      const bool record = static_cast<int64_t>(i) == opt.record_cross_block;
+      x = x + ca->forward(x, k, v, record ? &out.cross_weights : nullptr);
     }
     if (s < L) x = lm_layer(lm, s).forward(x, pass);
   }

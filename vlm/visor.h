@@ -32,6 +32,7 @@
 // A VISOR folder is a LLaVA folder (config.json, model.safetensors, tokenizer.model,
 // preprocessor_config.json) whose config.json has a "visor" block and whose weights add:
 //   visor.position_conv.weight [H, 1, k, k] (1-D: [H, 1, k]), visor.position_conv.bias [H]
+//   visor.position_conv.embedding [N, H]                          (only with "position_embedding")
 //   visor.cross_attn.<i>.{text_norm,image_norm}.weight [H]
 //   visor.cross_attn.<i>.{q,k,v,o}_proj.weight        LLaMA attention shapes (q/o: heads, k/v: kv heads)
 //   visor.self_attn.<j>.{input_layernorm,post_attention_layernorm}.weight [H]
@@ -67,6 +68,12 @@ struct VisorConfig {
                                                 // block at the same or a later slot to read its output
   int64_t position_conv_kernel = 3;             // odd
   int64_t position_conv_dims = 2;               // 2: over the patch grid (N must be a square); 1: the sequence
+  // A learned absolute position embedding per image token (visor.position_conv.embedding
+  // [N, H], zero at initialisation) added with the convolution. Not in the paper: there the
+  // vision encoder's own position embeddings survive into its features; a tower trained only
+  // behind an LLM, whose RoPE positions told it where each patch was, need not keep them, and
+  // cross-attention keys carry no position.
+  bool position_embedding = false;
   int64_t self_attention_intermediate_size = 0; // 0: the language model's intermediate_size
   int64_t router_hidden_size = 64;
 
@@ -98,7 +105,9 @@ class VisorCrossAttentionImpl : public torch::nn::Module {
   // image [B, N, H] -> keys, values [B, kv_heads, N, D] (what the cache keeps)
   std::pair<at::Tensor, at::Tensor> image_kv(const at::Tensor& image);
   // text [B, T, H], keys/values from image_kv -> [B, T, H] (o_proj output, before the residual)
-  at::Tensor forward(const at::Tensor& text, const at::Tensor& keys, const at::Tensor& values);
+  // head0_weights: when given, gets query head 0's attention weights over the image [B, T, N].
+  at::Tensor forward(const at::Tensor& text, const at::Tensor& keys, const at::Tensor& values,
+                     at::Tensor* head0_weights = nullptr);
 
   LlamaRMSNorm text_norm{nullptr}, image_norm{nullptr};
   LlamaLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -125,13 +134,21 @@ class VisorSelfAttentionImpl : public torch::nn::Module {
 };
 TORCH_MODULE(VisorSelfAttention);
 
-// image + depthwise_conv(image) over the patch grid (2-D) or the token sequence (1-D).
+// image + depthwise_conv(image) over the patch grid (2-D) or the token sequence (1-D)
+// (+ a learned embedding per token when `tokens` > 0).
 class VisorPositionConvImpl : public torch::nn::Module {
  public:
-  VisorPositionConvImpl(int64_t hidden, int64_t kernel, int64_t dims);
-  // [B, N, H] -> [B, N, H]. ShapeError for a non-square N with a 2-D convolution.
+  VisorPositionConvImpl(int64_t hidden, int64_t kernel, int64_t dims, int64_t tokens = 0);
+  // [B, N, H] -> [B, N, H]. ShapeError for a non-square N with a 2-D convolution, or an N other
+  // than the embedding's.
   at::Tensor forward(const at::Tensor& image);
   at::Tensor weight, bias;  // [H, 1, k, k] (1-D: [H, 1, k]), [H]
+  at::Tensor embedding;     // [N, H], undefined without one
+  // Sets the embedding to a fixed sin-cos pattern of the patch grid (2-D: a quarter of the
+  // channels each for sin / cos of row and column at geometric frequencies, as MAE's; 1-D: of
+  // the token index) scaled to root-mean-square `rms`: absolute position readable from the
+  // first step, instead of learned from zero through a noisy gradient. No-op without one.
+  void init_sincos(double rms);
 
  private:
   int64_t kernel_, dims_;
@@ -151,7 +168,8 @@ TORCH_MODULE(VisorRouter);
 
 class VisorLayersImpl : public torch::nn::Module {
  public:
-  VisorLayersImpl(const VisorConfig& cfg, const LlamaConfig& text);
+  // image_tokens: N, the position embedding's length (VisorConfig::position_embedding).
+  VisorLayersImpl(const VisorConfig& cfg, const LlamaConfig& text, int64_t image_tokens);
 
   VisorPositionConv position_conv{nullptr};
   torch::nn::ModuleList cross_attn{nullptr}, self_attn{nullptr};
@@ -187,6 +205,9 @@ struct VisorForwardOptions {
   // Empty: the router decides.
   std::vector<int64_t> budgets;
   bool router_features_only = false;  // stop at the router's slot (VisorOutput::router_features)
+  // >= 0: VisorOutput::cross_weights gets head 0's attention weights in this cross-attention
+  // block (0-based, in slot order), with their autograd history (the lookup loss of training).
+  int64_t record_cross_block = -1;
 };
 
 struct VisorOutput {
@@ -195,6 +216,7 @@ struct VisorOutput {
   std::vector<int64_t> budgets;  // per row, as run (0 without an image)
   at::Tensor router_features;    // [B, 2H] when the router's slot was reached with an image
   at::Tensor router_logits;      // [B, S + 1] when the router ran
+  at::Tensor cross_weights;      // [B, T, N] with record_cross_block (undefined without an image)
 };
 
 class VisorForConditionalGenerationImpl : public torch::nn::Module {
