@@ -26,7 +26,10 @@ void add_train_visor_command(CLI::App& app) {
   cmd->add_option("--out", t.out_dir, "VISOR folder to write (iris ask --model reads it)")->required();
   cmd->add_option("--work", t.work_dir, "Checkpoint folder; a rerun resumes");
   cmd->add_option("--steps", t.steps, "Universal training steps (one random budget per step)")->capture_default_str();
-  cmd->add_option("--batch", t.batch, "Questions per step")->capture_default_str();
+  cmd->add_option("--batch", t.batch, "Scenes per step")->capture_default_str();
+  cmd->add_option("--questions-per-image", t.questions_per_image,
+                  "Distinct questions asked about each scene of a step (the image encoded once)")
+      ->capture_default_str();
   cmd->add_option("--lr", t.lr, "Peak learning rate")->capture_default_str();
   cmd->add_option("--warmup", t.warmup, "Warm-up steps")->capture_default_str();
   cmd->add_option("--cross-layers", t.cross_layers, "Cross-attention layers (0: half the LM layers, rounded up)")

@@ -38,6 +38,7 @@ void check_options(const VisorTrainOptions& o) {
   if (o.out_dir.empty()) bad("--out (the VISOR folder to write) is required");
   if (o.steps < 0) bad("--steps must be >= 0, found " + str(o.steps));
   if (o.batch < 1) bad("--batch must be >= 1, found " + str(o.batch));
+  if (o.questions_per_image < 1) bad("--questions-per-image must be >= 1, found " + str(o.questions_per_image));
   if (o.cross_layers < 0) bad("--cross-layers must be >= 0 (0: default), found " + str(o.cross_layers));
   if (o.self_layers < -1) bad("--self-layers must be >= 0, found " + str(o.self_layers));
   if (o.router_examples < 0 || o.router_steps < 0) bad("--router-examples and --router-steps must be >= 0");
@@ -97,7 +98,8 @@ void export_visor(VisorModel& m, const VisorTrainOptions& o) {
 // Data
 
 std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability,
-                                          bool balance_existence) {
+                                          bool balance_existence, int64_t per_scene) {
+  if (per_scene < 1) throw ConfigError("VISOR data: questions per image must be >= 1, found " + str(per_scene));
   std::vector<VisorVqaItem> out;
   const uint64_t base = world::hash_combine(seed, 0x5150ull);
   for (uint64_t i = 0; static_cast<int64_t>(out.size()) < count; ++i) {
@@ -112,12 +114,18 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
     std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
     if (balance_existence) world::balance_existence_probes(qs, rng);
     if (qs.empty()) continue;
-    world::Question q = qs[rng.below(qs.size())];
+    size_t pick = rng.below(qs.size());
     if (qo.describe)
-      for (const world::Question& c : qs)
-        if (c.kind == "describe") q = c;
-    Image image = world::render_scene(scene);
-    out.push_back({std::move(scene), std::move(q), std::move(image)});
+      for (size_t c = 0; c < qs.size(); ++c)
+        if (qs[c].kind == "describe") pick = c;
+    const Image image = world::render_scene(scene);
+    // The first question as ever (one per scene draws the same items); more drawn without
+    // replacement from the rest, each its own item sharing the image.
+    for (int64_t k = 0; k < per_scene && !qs.empty() && static_cast<int64_t>(out.size()) < count; ++k) {
+      if (k > 0) pick = rng.below(qs.size());
+      out.push_back({scene, qs[pick], image});
+      qs.erase(qs.begin() + static_cast<std::ptrdiff_t>(pick));
+    }
   }
   return out;
 }
@@ -133,16 +141,19 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   const int64_t B = static_cast<int64_t>(batch.size());
   std::vector<std::vector<int64_t>> seqs;
   std::vector<int64_t> prompt_lengths;
-  std::vector<at::Tensor> pixels;
+  std::vector<at::Tensor> pixels;  // one per scene: consecutive items of one scene share it
+  std::vector<int64_t> image_of;
   int64_t T = 0;
-  for (const VisorVqaItem& item : batch) {
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const VisorVqaItem& item = batch[i];
+    if (i == 0 || item.scene.seed != batch[i - 1].scene.seed) pixels.push_back(vqa_pixels(m.base, item.image));
+    image_of.push_back(static_cast<int64_t>(pixels.size()) - 1);
     std::vector<int64_t> seq = without_image_token(vqa_prompt_ids(m.base, item.question.question), c.image_token_index);
     prompt_lengths.push_back(static_cast<int64_t>(seq.size()));
     for (int id : m.base.tokenizer.encode(item.question.answer)) seq.push_back(id);
     seq.push_back(eos);
     T = std::max<int64_t>(T, static_cast<int64_t>(seq.size()));
     seqs.push_back(std::move(seq));
-    pixels.push_back(vqa_pixels(m.base, item.image));
   }
   // Right padding (causal attention: real tokens never see it); targets -100 = no loss.
   at::Tensor ids = at::full({B, T}, eos, at::TensorOptions().dtype(at::kLong));
@@ -161,7 +172,8 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   }
   VisorInput in;
   in.input_ids = ids;
-  in.image_features = m.visor->llava->multi_modal_projector(tower);  // [B, N, H]
+  in.image_features = m.visor->llava->multi_modal_projector(tower)  // [scenes, N, H] -> [B, N, H]
+                          .index_select(0, at::tensor(image_of, at::kLong).to(tower.device()));
   in.prompt_lengths = at::tensor(prompt_lengths, at::TensorOptions().dtype(at::kLong));
   VisorForwardOptions fo;
   fo.budgets = {budget};
@@ -405,8 +417,8 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
     int64_t mass_n = 0;
     trainer.run([&](int64_t step, at::Generator& gen) {
       const int64_t budget = at::randint(0, S + 1, {1}, gen).item<int64_t>();
-      const auto batch = visor_vqa_items(trainer.step_seed(), o.batch, world::Split::Train, o.describe_probability,
-                                         o.balance_existence);
+      const auto batch = visor_vqa_items(trainer.step_seed(), o.batch * o.questions_per_image, world::Split::Train,
+                                         o.describe_probability, o.balance_existence, o.questions_per_image);
       double mass = -1;
       at::Tensor loss = visor_answer_loss(m, batch, budget, o.lookup_weight, o.lookup_block, &mass);
       if (mass >= 0) mass_sum += mass, ++mass_n;

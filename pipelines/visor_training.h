@@ -52,7 +52,10 @@ struct VisorTrainOptions {
   // A learned position embedding per image token (VisorConfig::position_embedding).
   bool position_embedding = false;
   // Universal training.
-  int64_t steps = 1500, batch = 8, warmup = 50;
+  int64_t steps = 1500, batch = 8, warmup = 50;  // batch: scenes per step
+  // Questions asked about each scene of a step (distinct; each its own sequence, the image
+  // encoded once): more supervision per step at little more cost than one.
+  int64_t questions_per_image = 1;
   double lr = 3e-4;
   bool train_language_model = true;  // false: only the VISOR blocks and the projector
   double describe_probability = 0.0; // chance a question is "Describe the image." (long answer)
@@ -112,14 +115,17 @@ struct VisorVqaItem {
   world::Question question;
   Image image;
 };
-// `count` questions, one per scene, from scenes of `split` drawn from `seed` (questions of that
-// split's templates; describe questions with the given probability; with balance_existence
-// picked after world::balance_existence_probes).
+// `count` questions, `per_scene` distinct ones per scene (the last scene may give fewer; the
+// items of one scene are consecutive), from scenes of `split` drawn from `seed` (questions of
+// that split's templates; describe questions with the given probability; with
+// balance_existence picked after world::balance_existence_probes). The first question of each
+// scene does not depend on per_scene.
 std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::Split split, double describe_probability,
-                                          bool balance_existence = false);
+                                          bool balance_existence = false, int64_t per_scene = 1);
 
 // Mean answer-token cross-entropy of a batch at one budget (differentiable): the vision tower
-// runs without gradients, the projector, LM and VISOR blocks with them.
+// runs without gradients (once per scene: consecutive items of one scene share it), the
+// projector, LM and VISOR blocks with them.
 // With lookup_weight > 0, plus lookup_weight times the lookup loss of cross-attention block
 // `lookup_block` (-1: the last; VisorTrainOptions::lookup_weight) over the questions with items;
 // `lookup_mass` gets head 0's mean weight on those items' patches (-1 when no question has any).

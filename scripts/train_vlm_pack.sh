@@ -30,9 +30,9 @@
 #   TRAIN_VISION=0 the fine-tune leaves the vision encoders frozen (default 1: --train-vision)
 #   FINETUNE_LABELS=W  weight of the dense patch labels read from the vision features during
 #                  the fine-tune (default 0.2; 0 = off; needs TRAIN_VISION=1)
-#   FINETUNE_CONTINUE=N  after the vlm stage, the fine-tune goes on to N steps (stage
-#                  vlm-continue: the trainer resumes its last checkpoint under a cosine schedule
-#                  spanning N, a warm restart; default off)
+#   FINETUNE_CONTINUE="N1 N2 ..."  after the vlm stage, the fine-tune goes on to N1 steps, then
+#                  N2, ... (stages vlm-continue-N: each resumes the last checkpoint under a cosine
+#                  schedule spanning N, a warm restart; 0 = none)
 #   BALANCE_EXISTENCE=0  image sequences ask up to 3 "is there a ...?" probes answered no per
 #                  one answered yes, make_questions' own mix (default 1: as many of each,
 #                  --balance-existence, in the VLM's fine-tune and VISOR's universal training)
@@ -56,7 +56,7 @@
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
-#                  VLM's 2000 / 600 / 300 / 3000, then FINETUNE_CONTINUE 6000, after the vision
+#                  VLM's 2000 / 600 / 300 / 3000, then FINETUNE_CONTINUE 6000 and 10000, after the vision
 #                  stage VISION_FIRST 2000 -> VISION_STEPS 6000 with SCENE_LABELS=1 (augment only
 #                  with FTZ=1), so the command reproduces assets/starter/vlm; VISION_FIRST= empty
 #                  runs the vision stage in one go)
@@ -92,9 +92,9 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000): the
   # vision stage with scene labels to 2000 then 6000 steps, text 600, align 300, the fine-tune
-  # to 3000 then on to 6000 (a warm restart), with the lookup loss and isolated turns.
+  # to 3000, then on to 6000 and to 10000 (warm restarts), with the lookup loss and isolated turns.
   AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-6000}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-"6000 10000"}
   VISION_FIRST=${VISION_FIRST-2000} VISION_STEPS=${VISION_STEPS:-6000} SCENE_LABELS=${SCENE_LABELS:-1}
   LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
 fi
@@ -121,10 +121,16 @@ mkdir -p "$WORK" "$OUT"
 # checkpoints, a new VLM the draft's and VISOR's.
 stage_finished() {
   case $1 in
-    spm) rm -rf "$WORK"/vlm{,-vision,-continue}.done "${WORK:?}/vlm" ;;
-    vlm-vision) rm -rf "$WORK"/vlm{,-continue}.done ;;
-    vlm) rm -rf "$WORK"/{vlm-continue,draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
-    vlm-continue) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    spm) rm -rf "$WORK"/vlm{,-vision}.done "$WORK"/vlm-continue-*.done "${WORK:?}/vlm" ;;
+    vlm-vision) rm -rf "$WORK"/vlm.done "$WORK"/vlm-continue-*.done ;;
+    vlm) rm -rf "$WORK"/vlm-continue-*.done "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    vlm-continue-*)  # the continuations after this one, the draft and VISOR
+      local after=0 n
+      for n in $FINETUNE_CONTINUE; do
+        [ "$after" = 1 ] && rm -f "$WORK/vlm-continue-$n.done"
+        [ "vlm-continue-$n" = "$1" ] && after=1
+      done
+      rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
 
@@ -145,9 +151,9 @@ if [ -n "${VISION_FIRST:-}" ]; then
     --text-steps 0 --align-steps 0 --finetune-steps 0 $(steps augment "${AUGMENT_STEPS:-}") "${EXTRA[@]}"
 fi
 stage vlm vlm_stage "${FINETUNE_STEPS:-}"
-if [ "${FINETUNE_CONTINUE:-0}" != 0 ]; then
-  stage vlm-continue vlm_stage "$FINETUNE_CONTINUE"
-fi
+for n in ${FINETUNE_CONTINUE:-0}; do
+  if [ "$n" != 0 ]; then stage "vlm-continue-$n" vlm_stage "$n"; fi
+done
 
 # The draft's training state stays in $WORK/draft; only its weights and config ship.
 draft_stage() {

@@ -574,6 +574,32 @@ TEST(VisorTraining, LookupLossTeachesACrossAttentionHeadWhereAnswersAreRead) {
   expect_error<ConfigError>([&] { m.visor->forward(in, nullptr, fo); }, "block 3 to record, but the model has 2");
 }
 
+// questions_per_image: distinct questions about one scene, consecutive, the first one as with
+// one per scene; the loss encodes the shared image once and equals the loss of separate copies.
+TEST(VisorTraining, SeveralQuestionsPerSceneShareOneImage) {
+  const auto one = visor_vqa_items(9, 4, world::Split::Train, 0.0);
+  const auto three = visor_vqa_items(9, 12, world::Split::Train, 0.0, false, 3);
+  ASSERT_EQ(three.size(), 12u);
+  for (size_t s = 0; s < 4; ++s) {
+    EXPECT_EQ(three[3 * s].scene.seed, one[s].scene.seed);
+    EXPECT_EQ(three[3 * s].question.question, one[s].question.question);
+    for (size_t k = 1; k < 3; ++k) {
+      EXPECT_EQ(three[3 * s + k].scene.seed, one[s].scene.seed);
+      for (size_t j = 0; j < k; ++j)
+        EXPECT_FALSE(three[3 * s + k].question.question == three[3 * s + j].question.question &&
+                     three[3 * s + k].question.answer == three[3 * s + j].question.answer);
+    }
+  }
+  VisorModel m{VqaModel::load(llava_folder("llava")), nullptr};
+  m.visor = VisorForConditionalGeneration(m.base.model, VisorConfig::uniform(2, 2, 1));
+  m.visor->init_weights(3);
+  std::vector<VisorVqaItem> shared(three.begin(), three.begin() + 6), apart = shared;
+  for (size_t i = 0; i < apart.size(); ++i) apart[i].scene.seed = 1000 + i;  // no two items share an image
+  at::NoGradGuard no_grad;
+  EXPECT_NEAR(visor_answer_loss(m, shared, 1).item<double>(), visor_answer_loss(m, apart, 1).item<double>(), 1e-5);
+  expect_error<ConfigError>([] { visor_vqa_items(9, 2, world::Split::Train, 0.0, false, 0); }, "questions per image");
+}
+
 // balance_existence: the training questions' existence probes are as often "yes" as "no"
 // (make_questions' own mix asks up to three absent objects per present one).
 TEST(VisorTraining, BalancedItemsAskPresentAndAbsentObjectsAlike) {
