@@ -63,6 +63,9 @@
 #   VISOR_STEPS=N / VISOR_CROSS=N  VISOR's universal steps (default 1500) and cross-attention
 #                  layers (default 3: within a point of the LLaVA path at 5x less visual compute;
 #                  2 saved 7x at 3 points less)
+#   VISOR_LOOKUP=W VISOR's lookup loss weight (default 1; 0 = off), VISOR_QUESTIONS=N questions
+#                  asked per scene of a universal step (default 6), VISOR_POSITION=0 no position
+#                  table on the image tokens (default 1: --position-embedding)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -163,8 +166,10 @@ draft_stage() {
   cp "$WORK/draft/config.json" "$WORK/draft/model.safetensors" "$DRAFT_OUT/"
 }
 stage draft draft_stage
+VISOR_EXTRA=(--lookup "${VISOR_LOOKUP:-1}" --questions-per-image "${VISOR_QUESTIONS:-6}")
+[ "${VISOR_POSITION:-1}" = 1 ] && VISOR_EXTRA+=(--position-embedding)
 stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-1500}" \
-  --cross-layers "${VISOR_CROSS:-3}" \
+  --cross-layers "${VISOR_CROSS:-3}" "${VISOR_EXTRA[@]}" \
   $([ "${BALANCE_EXISTENCE:-1}" = 1 ] && echo --balance-existence) --threads "$THREADS" --f16 --eval "${VISOR_EVAL:-200}"
 
 echo "== VLM: $OUT ($(du -sh "$OUT" | cut -f1))"
