@@ -851,7 +851,11 @@ void set_trainable(torch::nn::Module& m, bool on) {
 // The run's settings that a work folder's checkpoints depend on.
 Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const ResolvedStage& text, const ResolvedStage& vision,
                      const ResolvedStage& vision_stage, const ResolvedStage& grid_stage) {
-  Json fp = {{"config", config},
+  // The image position embedding is its own key (below), so that it may join a folder whose
+  // projector has not trained yet.
+  Json model_config = config;
+  model_config.erase("image_position_embedding");
+  Json fp = {{"config", model_config},
              {"seed", o.seed},
              {"max_text_tokens", o.max_text_tokens},
              {"scenes", o.scenes},
@@ -873,6 +877,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
   }
   if (o.lookup_weight > 0) fp["lookup"] = {{"weight", o.lookup_weight}, {"layer", o.lookup_layer}};
   if (o.isolated_turns) fp["isolated_turns"] = true;
+  if (config.value("image_position_embedding", false)) fp["image_position"] = true;
   return fp;
 }
 
@@ -886,7 +891,7 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
     Json old = read_json_file(path.string());
     static const std::map<std::string, std::vector<std::string>> joins_before = {
         {"grid", {"grid", "align", "finetune"}}, {"lookup", {"grid", "align", "finetune"}},
-        {"isolated_turns", {"grid", "align", "finetune"}}};
+        {"isolated_turns", {"grid", "align", "finetune"}}, {"image_position", {"align", "finetune"}}};
     bool joined = false;
     for (const auto& [key, value] : fingerprint.items()) {
       if (!old.contains(key) && joins_before.count(key)) {
@@ -1298,6 +1303,22 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   }
 
   // ---- align: projector (+ fusion), LM and vision frozen ----
+  if (model->multi_modal_projector->position_embedding.defined()) {
+    // The image position table starts as a sin-cos table at the scale of the projected image
+    // tokens (sincos_position_table); a resumed align or fine-tune loads its own.
+    at::NoGradGuard no_grad;
+    at::Tensor& table = model->multi_modal_projector->position_embedding;
+    table.zero_();
+    std::vector<world::Scene> sc;
+    const double rms =
+        model->image_features(image_batch(stage_seed(7), 8, &sc)).to(at::kFloat).pow(2).mean().sqrt().item<double>();
+    const bool grid = [&] {
+      const auto g = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(table.size(0)))));
+      return g * g == table.size(0);
+    }();
+    table.copy_(sincos_position_table(table.size(0), table.size(1), grid) * rms);
+    log("[align] image position table: sin-cos at the image tokens' RMS " + std::to_string(rms));
+  }
   set_trainable(*model, false);
   set_trainable(*model->multi_modal_projector, true);
   NamedTensors align_params = named_trainable_parameters(*model->multi_modal_projector, "projector.");

@@ -565,26 +565,64 @@ TEST(VlmTraining, LookupLossTeachesAHeadWhereAnswersAreRead) {
   refused(bad, "--lookup-layer -3");
 }
 
-// --image-position: align and finetune train the projector's image position embedding (zeros
-// at the start), the folder declares it and loads back.
+// --image-position: align and finetune train the projector's image position embedding, which
+// starts as a sin-cos table at the scale of the projected image tokens; the folder declares it
+// and loads back; the option may join a work folder whose projector has not trained yet.
 TEST(VlmTraining, ImagePositionEmbeddingTrainsAndShips) {
   const fs::path root = testing_util::scratch_dir();
   VlmTrainOptions o = tiny_options(root, 0);
   o.sizes.image_position = true;
   o.align.steps = 2;
   o.finetune.steps = 2;
-  o.align.lr = o.finetune.lr = 1e-2;
+  o.align.lr = o.finetune.lr = 1e-6;  // a few steps that barely move the table from its start
   o.align.warmup = o.finetune.warmup = 0;
+  std::vector<std::string> lines;
+  o.log = [&](const std::string& line) { lines.push_back(line); };
   train_vlm(o);
+  double start_rms = -1;
+  for (const std::string& line : lines)
+    if (const auto at = line.find("sin-cos at the image tokens' RMS "); at != std::string::npos)
+      start_rms = std::stod(line.substr(at + 33));
+  EXPECT_GT(start_rms, 0) << "the align stage logs the table's start";
   const Json cfg = read_json_file((root / "out/config.json").string());
   EXPECT_EQ(cfg.value("image_position_embedding", false), true);
   const TensorStore out = TensorStore::open((root / "out/model.safetensors").string());
   const std::string key = "multi_modal_projector.position_embedding";
   ASSERT_TRUE(out.contains(key));
-  EXPECT_GT(read_tensor(out, key).abs().max().item<double>(), 0.0) << "trained away from its zero start";
-  torch::NoGradGuard no_grad;
-  LlavaForConditionalGeneration m = load_llava((root / "out").string());
-  EXPECT_TRUE(m->multi_modal_projector->position_embedding.defined());
+  {
+    torch::NoGradGuard no_grad;
+    LlavaForConditionalGeneration m = load_llava((root / "out").string());
+    ASSERT_TRUE(m->multi_modal_projector->position_embedding.defined());
+    const at::Tensor table = m->multi_modal_projector->position_embedding.to(at::kFloat);
+    const at::Tensor want = sincos_position_table(table.size(0), table.size(1), true) * start_rms;
+    EXPECT_LT((table - want).abs().max().item<double>(), 0.05 * start_rms + 1e-4) << "the sin-cos start, 4 tiny steps on";
+  }
+
+  // Joining: a folder whose vision stage ran without the option takes it; one whose align ran does not.
+  VlmTrainOptions v = tiny_options(root, 0);
+  v.work_dir = (root / "work-join-position").string();
+  v.vision.steps = 1;
+  train_vlm(v);
+  v.sizes.image_position = true;
+  EXPECT_NO_THROW(train_vlm(v));
+  VlmTrainOptions late = tiny_options(root, 0);
+  late.work_dir = (root / "work-late-position").string();
+  late.align.steps = 1;
+  train_vlm(late);
+  late.sizes.image_position = true;
+  EXPECT_THROW(train_vlm(late), ConfigError);
+}
+
+// The sin-cos table: RMS 1, one row per token, a grid's rows sharing a row index share the
+// row half of the channels.
+TEST(VlmTraining, SinCosPositionTable) {
+  const at::Tensor t = sincos_position_table(16, 8, true);
+  EXPECT_NEAR(t.pow(2).mean().sqrt().item<double>(), 1.0, 1e-5);
+  for (int64_t a = 0; a < 16; ++a)
+    for (int64_t b = a + 1; b < 16; ++b) EXPECT_GT((t[a] - t[b]).abs().max().item<double>(), 1e-3) << a << " " << b;
+  EXPECT_LT((t[0].narrow(0, 0, 4) - t[3].narrow(0, 0, 4)).abs().max().item<double>(), 1e-6);
+  EXPECT_EQ(sincos_position_table(5, 8, false).size(0), 5);
+  EXPECT_THROW(sincos_position_table(5, 8, true), ShapeError);
 }
 
 // --balance-existence: every scene's image sequence asks as many present-object probes as

@@ -138,6 +138,26 @@ int64_t LlavaConfig::image_feature_tokens() const {
 // =============================================================================================
 // Modules
 
+at::Tensor sincos_position_table(int64_t tokens, int64_t hidden, bool grid) {
+  const int64_t g = grid ? static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens)))) : tokens;
+  if (grid && g * g != tokens)
+    throw ShapeError("sin-cos position table: " + str(tokens) + " tokens do not form a square patch grid");
+  const int64_t axes = grid ? 2 : 1, per_axis = hidden / axes, freqs = per_axis / 2;
+  at::Tensor table = at::zeros({tokens, hidden});
+  auto t = table.accessor<float, 2>();
+  for (int64_t n = 0; n < tokens; ++n)
+    for (int64_t a = 0; a < axes; ++a) {
+      const double coord = static_cast<double>(grid ? (a == 0 ? n / g : n % g) : n);  // row, column / index
+      for (int64_t f = 0; f < freqs; ++f) {
+        const double w = std::pow(10000.0, -static_cast<double>(f) / static_cast<double>(freqs));
+        t[n][a * per_axis + f] = static_cast<float>(std::sin(coord * w));
+        t[n][a * per_axis + freqs + f] = static_cast<float>(std::cos(coord * w));
+      }
+    }
+  const double rms = table.pow(2).mean().sqrt().item<double>();
+  return rms > 0 ? table / rms : table;
+}
+
 LlavaProjectorImpl::LlavaProjectorImpl(int64_t vision_dim, int64_t text_dim, HfActivation act, int64_t position_tokens)
     : act_(act) {
   linear_1 = register_module("linear_1", torch::nn::Linear(vision_dim, text_dim));

@@ -83,6 +83,14 @@ struct LlavaConfig {
 // ---------------------------------------------------------------------------------------------
 // Modules
 
+// A fixed sin-cos position table [tokens, hidden] of root-mean-square 1: with grid, the tokens
+// are a square patch grid (row-major) and a quarter of the channels each hold sin / cos of the
+// row and of the column at geometric frequencies (as MAE's); without, half each hold sin / cos
+// of the token index. The start for learned image position embeddings: the projected image
+// tokens are large (RMS ~10 in the pack VLM), so a table learned from zero stays negligible.
+// ShapeError when grid is set and `tokens` is not a square.
+at::Tensor sincos_position_table(int64_t tokens, int64_t hidden, bool grid);
+
 // LlavaMultiModalProjector: linear_2(act(linear_1(x))), "mlp2x_gelu" in the original LLaVA;
 // with position_tokens > 0 (config "image_position_embedding") plus position_embedding[t] on
 // the t-th of the image's position_tokens features (zeros at construction).

@@ -265,24 +265,8 @@ at::Tensor VisorPositionConvImpl::forward(const at::Tensor& image) {
 
 void VisorPositionConvImpl::init_sincos(double rms) {
   if (!embedding.defined()) return;
-  const int64_t N = embedding.size(0), H = embedding.size(1);
-  const int64_t g = dims_ == 2 ? static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(N)))) : N;
-  const int64_t axes = dims_ == 2 ? 2 : 1, per_axis = H / axes, freqs = per_axis / 2;
-  at::Tensor table = at::zeros({N, H});
-  auto t = table.accessor<float, 2>();
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t a = 0; a < axes; ++a) {
-      const double coord = static_cast<double>(axes == 2 ? (a == 0 ? n / g : n % g) : n);  // row, column / index
-      for (int64_t f = 0; f < freqs; ++f) {
-        const double w = std::pow(10000.0, -static_cast<double>(f) / static_cast<double>(std::max<int64_t>(1, freqs)));
-        t[n][a * per_axis + f] = static_cast<float>(std::sin(coord * w));
-        t[n][a * per_axis + freqs + f] = static_cast<float>(std::cos(coord * w));
-      }
-    }
-  // Rescale the filled channels to the wanted RMS over the whole table.
-  const double now = table.pow(2).mean().sqrt().item<double>();
   at::NoGradGuard no_grad;
-  embedding.copy_(table * (now > 0 ? rms / now : 0.0));
+  embedding.copy_(sincos_position_table(embedding.size(0), embedding.size(1), dims_ == 2) * rms);
 }
 
 VisorRouterImpl::VisorRouterImpl(int64_t hidden, int64_t width, int64_t budgets, double eps) {
