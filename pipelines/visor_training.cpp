@@ -201,10 +201,8 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   for (int64_t b = 0; b < B; ++b) {
     const std::vector<int>& items = batch[b].question.items;
     if (items.empty()) continue;
-    std::vector<float> row;
-    for (const int who : patch_owners(batch[b].scene, grid))
-      row.push_back(std::find(items.begin(), items.end(), who) != items.end() ? 1.f : 0.f);
-    if (std::find(row.begin(), row.end(), 1.f) == row.end()) continue;  // items too small to own a patch
+    const std::vector<float> row = lookup_patch_row(patch_owners(batch[b].scene, grid), items);
+    if (row.empty()) continue;  // items too small to own a patch
     rows.push_back(b * T + prompt_lengths[b] - 1);
     mask.insert(mask.end(), row.begin(), row.end());
   }

@@ -508,6 +508,18 @@ std::vector<int> patch_owners(const world::Scene& scene, int64_t grid) {
   return out;
 }
 
+std::vector<float> lookup_patch_row(const std::vector<int>& owners, const std::vector<int>& items) {
+  std::vector<float> row;
+  bool any = false;
+  for (const int who : owners) {
+    const bool on = std::find(items.begin(), items.end(), who) != items.end();
+    row.push_back(on ? 1.f : 0.f);
+    any = any || on;
+  }
+  if (!any) row.clear();
+  return row;
+}
+
 namespace {
 
 // Dense patch labels: per token of a grid x grid patch map, the colour / shape / size class of
@@ -572,10 +584,8 @@ LookupTargets lookup_targets(const Batch& b, const std::vector<world::Scene>& sc
   for (size_t m = 0; m < b.lookup_items.size(); ++m) {
     const auto r = static_cast<size_t>(b.lookup_sequence[m]);
     if (owners[r].empty()) owners[r] = patch_owners(scenes[r], grid);
-    const std::vector<int>& items = b.lookup_items[m];
-    std::vector<float> row;
-    for (const int who : owners[r]) row.push_back(std::find(items.begin(), items.end(), who) != items.end() ? 1.f : 0.f);
-    if (std::find(row.begin(), row.end(), 1.f) == row.end()) continue;
+    const std::vector<float> row = lookup_patch_row(owners[r], b.lookup_items[m]);
+    if (row.empty()) continue;
     rows.push_back(all_rows[static_cast<int64_t>(m)]);
     mask.insert(mask.end(), row.begin(), row.end());
   }

@@ -211,6 +211,9 @@ VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, con
 // it: an index into scene.objects, objects.size() for the stick figure, or -1 when none covers
 // 1/16 of it. ConfigError when the scene's resolution does not split into whole patches.
 std::vector<int> patch_owners(const world::Scene& scene, int64_t grid);
+// The lookup loss's target over those patches: 1 where one of `items` owns the patch, else 0;
+// empty when no item owns any patch (too small), so the question gets no lookup term.
+std::vector<float> lookup_patch_row(const std::vector<int>& owners, const std::vector<int>& items);
 
 // The LLaVA config.json object for an encoder's vision config, the sizes and the vocabulary.
 Json vlm_llava_config(const Json& vision_config, const VlmModelSizes& sizes, const VlmVocab& vocab, bool ftz);
