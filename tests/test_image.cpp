@@ -326,6 +326,21 @@ TEST(ImageIo, DecodesProgressiveJpeg) {
     for (int c = 0; c < 3; ++c) EXPECT_NEAR(img.at(p[0][0], p[0][1], c), p[1][c], 4) << p[0][0] << "," << p[0][1];
 }
 
+// A progressive JPEG whose scan holds an invalid Huffman code near the end of its data (found
+// by fuzz_image). stb_image's bit counter goes negative there; the file must still end in a
+// clear FormatError or a picture of the declared 24x16, never a crash.
+TEST(ImageIo, JpegWithInvalidHuffmanCodeFailsCleanlyOrDecodes) {
+  const std::string path = std::string(IRIS_FUZZ_SEEDS_DIR) + "/image/jpeg_progressive_bad_huffman.jpg";
+  try {
+    const Image img = load_image(path);
+    EXPECT_EQ(img.width, 24);
+    EXPECT_EQ(img.height, 16);
+    EXPECT_EQ(img.channels, 3);
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("jpeg_progressive_bad_huffman.jpg"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ImageIo, SaveIsAtomicAndOverwrites) {
   const std::string path = temp_path("overwrite.png");
   save_png(path, make_image(4, 4, 3, 1, 0));
