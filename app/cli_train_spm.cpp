@@ -21,6 +21,7 @@ struct TrainSpmArgs {
   std::vector<std::string> text_files, user_symbols;
   std::string data_dir, out;
   int scenes = 0;
+  double paraphrase = 0.0;
   uint64_t seed = 0;
   int vocab = 512;
   int64_t max_sentences = 0;
@@ -39,7 +40,7 @@ void run_train_spm(const TrainSpmArgs& a) {
     corpus.insert(corpus.end(), text.begin(), text.end());
   }
   if (a.scenes > 0) {
-    const std::vector<std::string> text = tinyworld_text_corpus(a.seed, a.scenes);
+    const std::vector<std::string> text = tinyworld_text_corpus(a.seed, a.scenes, a.paraphrase);
     corpus.insert(corpus.end(), text.begin(), text.end());
   }
   if (a.text_files.empty() && a.data_dir.empty() && a.scenes <= 0)
@@ -78,6 +79,10 @@ void add_train_spm_command(CLI::App& app) {
   cmd->add_option("--data", a->data_dir, "Tinyworld dataset folder: its captions, questions and answers");
   cmd->add_option("--scenes", a->scenes, "Generate the text of N Tinyworld training scenes (no export needed)");
   cmd->add_option("--seed", a->seed, "Base seed for --scenes")->capture_default_str();
+  cmd->add_option("--paraphrase", a->paraphrase,
+                  "With --scenes: each scene's caption and description once more in other words, each synonym swapped "
+                  "with this probability (0: off)")
+      ->capture_default_str();
   cmd->add_option("--vocab", a->vocab, "Vocabulary size, special and byte pieces included")->capture_default_str();
   cmd->add_option("--user-symbol", a->user_symbols, "A symbol that is always one piece, e.g. <image> (repeatable)");
   cmd->add_option("--max-sentences", a->max_sentences, "Train on the first N sentences (0: all)")->capture_default_str();

@@ -99,6 +99,13 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_flag("--isolated-turns", t.isolated_turns,
                 "Image sequences of the grid, align and fine-tune stages lay every question out as a first turn "
                 "that sees only the image prefix and itself (no answer copied from another turn)");
+  cmd->add_option("--paraphrase", t.paraphrase,
+                  "The text stage's descriptions and captions reworded with synonyms (big, located, ...), each "
+                  "swapped with this probability (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--finetune-text", t.finetune_text_share,
+                  "Share of the fine-tune's steps that are text-stage steps (keeps what the text stage taught; 0: off)")
+      ->capture_default_str();
   cmd->add_option("--log-every", t.log_every, "Progress line every N steps")->capture_default_str();
   cmd->add_option("--checkpoint-every", t.checkpoint_every, "Checkpoint every N steps")->capture_default_str();
   cmd->add_option("--check", t.check, "Answer N held-out questions at the end and report exact-match accuracy")

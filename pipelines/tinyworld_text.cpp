@@ -24,8 +24,10 @@ void add_caption(std::vector<std::string>& out, const std::string& caption, cons
 
 }  // namespace
 
-std::vector<std::string> tinyworld_text_corpus(uint64_t seed, int scenes) {
+std::vector<std::string> tinyworld_text_corpus(uint64_t seed, int scenes, double paraphrase) {
   if (scenes < 1) throw ConfigError("tinyworld text corpus: scenes must be at least 1, got " + std::to_string(scenes));
+  if (!(paraphrase >= 0 && paraphrase <= 1))
+    throw ConfigError("tinyworld text corpus: paraphrase must be in [0, 1], got " + std::to_string(paraphrase));
   world::DatasetOptions d;
   d.base_seed = seed;
   d.count = scenes;
@@ -38,6 +40,12 @@ std::vector<std::string> tinyworld_text_corpus(uint64_t seed, int scenes) {
     for (const world::Question& q : sample.questions) {
       out.push_back(q.question);
       out.push_back(q.answer);
+    }
+    if (paraphrase > 0) {  // the caption and the description once more, in other words
+      world::Rng rng(world::hash_combine(s, 0x9a7aull));
+      out.push_back(world::paraphrase(sample.caption.text, rng, paraphrase));
+      for (const world::Question& q : sample.questions)
+        if (q.kind == "describe") out.push_back(world::paraphrase(q.answer, rng, paraphrase));
     }
   }
   return out;

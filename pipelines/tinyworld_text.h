@@ -12,8 +12,11 @@ namespace iris {
 // (no export): per scene, in order, the caption, the caption with its style (when it differs),
 // then each question followed by its answer (up to 12 questions, the existence probes and the
 // description). Each scene's text is drawn from its own seed, exactly as `iris world export
-// --seed S --questions 12` writes it. Throws ConfigError for scenes < 1.
-std::vector<std::string> tinyworld_text_corpus(uint64_t seed, int scenes);
+// --seed S --questions 12` writes it. paraphrase > 0: each scene then adds its caption and
+// description once more, reworded by world::paraphrase with that probability per synonym (a
+// richer vocabulary for the tokenizer and the VLM's LM). Throws ConfigError for scenes < 1 or
+// paraphrase outside [0, 1].
+std::vector<std::string> tinyworld_text_corpus(uint64_t seed, int scenes, double paraphrase = 0.0);
 
 // The same sentences read from an exported dataset folder: captions.jsonl ("caption" and
 // "caption_with_style") and, when present, questions.jsonl ("question" and "answer"). Throws

@@ -887,6 +887,8 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
   }
   if (o.lookup_weight > 0) fp["lookup"] = {{"weight", o.lookup_weight}, {"layer", o.lookup_layer}};
   if (o.isolated_turns) fp["isolated_turns"] = true;
+  if (o.paraphrase > 0) fp["paraphrase"] = o.paraphrase;
+  if (o.finetune_text_share > 0) fp["finetune_text_share"] = o.finetune_text_share;
   if (config.value("image_position_embedding", false)) fp["image_position"] = true;
   return fp;
 }
@@ -901,7 +903,10 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
     Json old = read_json_file(path.string());
     static const std::map<std::string, std::vector<std::string>> joins_before = {
         {"grid", {"grid", "align", "finetune"}}, {"lookup", {"grid", "align", "finetune"}},
-        {"isolated_turns", {"grid", "align", "finetune"}}, {"image_position", {"align", "finetune"}}};
+        {"isolated_turns", {"grid", "align", "finetune"}}, {"image_position", {"align", "finetune"}},
+        // Data mixes that a warm restart of the fine-tune may take up (they change what is
+        // learned from then on, not the shapes of what was saved).
+        {"paraphrase", {}}, {"finetune_text_share", {}}};
     bool joined = false;
     for (const auto& [key, value] : fingerprint.items()) {
       if (!old.contains(key) && joins_before.count(key)) {
@@ -1000,6 +1005,10 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   if (o.lookup_weight < 0)
     throw ConfigError("VLM training: --lookup must be >= 0 (got " + std::to_string(o.lookup_weight) + ")");
   if (o.align_grid < 0) throw ConfigError("VLM training: --align-grid must be >= 0 (got " + std::to_string(o.align_grid) + ")");
+  if (!(o.paraphrase >= 0 && o.paraphrase <= 1))
+    throw ConfigError("VLM training: --paraphrase must be in [0, 1] (got " + std::to_string(o.paraphrase) + ")");
+  if (!(o.finetune_text_share >= 0 && o.finetune_text_share < 1))
+    throw ConfigError("VLM training: --finetune-text must be in [0, 1) (got " + std::to_string(o.finetune_text_share) + ")");
   check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft, s_vision, s_grid));
 
   // Model: seeded init, the pack's encoder as the vision tower, FtZ fusions starting as identity.
@@ -1091,8 +1100,8 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     for (int64_t b = 0; b < B; ++b) {
       world::Rng rng(world::hash_combine(seed, static_cast<uint64_t>(b)));
       const world::Scene scene = scenes.draw(rng);
-      const std::string context =
-          rng.chance(0.8) ? world::describe_scene(scene, rng) : world::make_caption(scene, rng).text;
+      std::string context = rng.chance(0.8) ? world::describe_scene(scene, rng) : world::make_caption(scene, rng).text;
+      if (o.paraphrase > 0) context = world::paraphrase(context, rng, o.paraphrase);
       std::vector<world::Question> qs = vlm_training_questions(scene, rng, 0.0);  // no "describe": the context is one
       seqs.push_back(vlm_text_sequence(vocab, context, qs, o.max_text_tokens));
     }
@@ -1376,6 +1385,8 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     ft_heads.reset();
   }
   report.stages.push_back(run_stage(s_ft, stage_seed(3), ft_params, o, o.finetune_ema, [&](uint64_t seed) {
+    if (o.finetune_text_share > 0 && world::Rng(world::hash_combine(seed, 0x7e47ull)).chance(o.finetune_text_share))
+      return lm_loss(model, text_batch(seed, s_ft.batch).first, at::Tensor());  // a text-stage step
     std::vector<world::Scene> sc;
     const Batch b = vision_batch(seed, s_ft.batch, &sc).first;
     if (!ft_heads) return answer_loss("finetune", b, features(b.pixels, vision_trains), sc);

@@ -113,6 +113,15 @@ struct VlmTrainOptions {
   // (vlm_image_sequence's `isolated`): with shared context a small LM learns to copy colours
   // and positions from earlier questions and descriptions instead of reading the image.
   bool isolated_turns = false;
+  // > 0: the text stage's contexts (descriptions and captions standing where the image goes)
+  // are reworded by world::paraphrase with this probability per synonym, so that the LM meets
+  // words the question templates it trains on never use ("big", "located", ...), as an LM's
+  // pretraining would show them. Answers stay in the eval's words.
+  double paraphrase = 0.0;
+  // > 0: this share of the fine-tune's steps are text-stage steps (contexts reworded when
+  // paraphrase > 0) instead of image steps, so that what the text stage taught is not forgotten
+  // over thousands of image steps that never use those words.
+  double finetune_text_share = 0.0;
   VlmModelSizes sizes;
   VlmStageSchedule augment, vision, text, grid, align, finetune;  // vision, grid: 0 steps unless set
   int64_t batch = 0;            // sequences per step (0: 8, tiny 2)

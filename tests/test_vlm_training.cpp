@@ -351,6 +351,67 @@ TEST(VlmTraining, FinetuneWithDenseLabelsMovesTheVisionTower) {
   EXPECT_FALSE(at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3));
 }
 
+// --paraphrase rewords the text stage's contexts (every synonym at p = 1, answers untouched);
+// --finetune-text turns that share of the fine-tune's steps into text steps, which leave the
+// vision tower alone; both may join a fine-tune already under way (a warm restart), and a
+// change of either is refused, as are values out of range.
+TEST(VlmTraining, ParaphrasedTextAndTextStepsInTheFinetune) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions o = tiny_options(root, 0);
+  o.text.steps = 1;
+  o.paraphrase = 1.0;
+  std::string example;
+  o.log = [&](const std::string& line) {
+    if (line.rfind("[text] example: ", 0) == 0) example = line;
+  };
+  train_vlm(o);
+  ASSERT_FALSE(example.empty());
+  // The context is the first turn's text, up to the first newline (logged as "|").
+  const std::string context = example.substr(0, example.find('|'));
+  for (const char* w : {" large ", " small ", " medium ", " shows ", " drawn ", " objects ", " raising "})
+    EXPECT_EQ(context.find(w), std::string::npos) << w << " in " << context;
+
+  // All fine-tune steps text steps: the trainable tower does not move; image steps move it.
+  const TensorStore enc = TensorStore::open((fs::path(o.encoder_dir) / "model.safetensors").string());
+  const std::string w = "vision_model.embeddings.patch_embedding.weight";
+  auto tower_moved = [&](double share, const std::string& name) {
+    VlmTrainOptions x = tiny_options(root, 0);
+    x.work_dir = (root / name).string();
+    x.out_dir = (root / (name + "-out")).string();
+    x.train_vision = true;
+    x.finetune.steps = 3;
+    x.finetune.warmup = 0;
+    x.finetune.lr = 1e-2;
+    x.finetune_text_share = share;
+    train_vlm(x);
+    const TensorStore out = TensorStore::open((root / (name + "-out") / "model.safetensors").string());
+    return !at::allclose(read_tensor(enc, w), read_tensor(out, "vision_tower." + w), 1e-3, 1e-3);
+  };
+  EXPECT_FALSE(tower_moved(0.999999, "all-text"));
+  EXPECT_TRUE(tower_moved(0.0, "all-image"));
+
+  // Joining a fine-tune under way, then changing the mix.
+  VlmTrainOptions j = tiny_options(root, 0);
+  j.work_dir = (root / "join").string();
+  j.finetune.steps = 1;
+  train_vlm(j);
+  j.finetune.steps = 2;
+  j.paraphrase = 0.5;
+  j.finetune_text_share = 0.2;
+  EXPECT_NO_THROW(train_vlm(j));
+  j.finetune.steps = 3;
+  j.finetune_text_share = 0.3;
+  EXPECT_THROW(train_vlm(j), ConfigError);
+
+  VlmTrainOptions bad = tiny_options(root, 0);
+  bad.work_dir.clear();
+  bad.paraphrase = 1.5;
+  EXPECT_THROW(train_vlm(bad), ConfigError);
+  bad.paraphrase = 0;
+  bad.finetune_text_share = 1.0;
+  EXPECT_THROW(train_vlm(bad), ConfigError);
+}
+
 // The vision stage (vision_steps > 0) trains the tower alone on dense patch labels: its loss
 // falls on a fixed batch, the exported tower moved, no head is exported, the LM is untouched,
 // the log reports the read-out accuracy, and a rerun with more steps continues the stage.

@@ -395,6 +395,85 @@ std::string describe_scene(const Scene& s, Rng& rng, bool allow_held_out) {
   return out;
 }
 
+// ---- Paraphrase --------------------------------------------------------------------------------
+
+namespace {
+
+// word (lower case, as the templates write it) -> its synonyms
+const std::map<std::string, std::vector<std::string>>& synonym_lexicon() {
+  static const std::map<std::string, std::vector<std::string>> lex = {
+      {"large", {"big", "huge"}},
+      {"small", {"little", "tiny"}},
+      {"medium", {"medium-sized", "mid-sized"}},
+      {"image", {"picture", "scene"}},
+      {"picture", {"image", "scene"}},
+      {"shows", {"contains", "displays", "depicts"}},
+      {"raising", {"lifting", "holding up"}},
+      {"raised", {"lifted", "held up"}},
+      {"drawn", {"rendered", "painted"}},
+      {"objects", {"things", "shapes"}},
+      {"object", {"thing", "shape"}},
+      {"see", {"spot", "find"}},
+  };
+  return lex;
+}
+
+bool is_object_noun(const std::string& w) {
+  static const std::vector<std::string> nouns = {"circle", "square", "triangle", "diamond", "figure"};
+  return std::find(nouns.begin(), nouns.end(), w) != nouns.end();
+}
+
+}  // namespace
+
+std::string paraphrase(const std::string& text, Rng& rng, double p) {
+  // Words split on spaces; a word's trailing punctuation (",", ".", ":") stays with it.
+  std::vector<std::string> words;
+  for (size_t i = 0; i < text.size();) {
+    const size_t j = std::min(text.find(' ', i), text.size());
+    if (j > i) words.push_back(text.substr(i, j - i));
+    i = j + 1;
+  }
+  auto split_punct = [](const std::string& w) {
+    size_t k = w.size();
+    while (k > 0 && std::ispunct(static_cast<unsigned char>(w[k - 1])) && w[k - 1] != '-') --k;
+    return std::make_pair(w.substr(0, k), w.substr(k));
+  };
+  static const std::vector<std::string> verbs = {"located", "placed", "positioned", "situated"};
+  std::vector<std::string> out;
+  for (size_t i = 0; i < words.size(); ++i) {
+    auto [core, punct] = split_punct(words[i]);
+    const bool upper = !core.empty() && std::isupper(static_cast<unsigned char>(core[0]));
+    std::string lower = core;
+    if (upper) lower[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(lower[0])));
+    const auto& lex = synonym_lexicon();
+    if (auto it = lex.find(lower); it != lex.end() && rng.chance(p)) {
+      std::string w = rng.pick(it->second);
+      if (upper) w[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(w[0])));
+      core = w;
+    }
+    out.push_back(core + punct);
+    // "circle at the top left" -> "circle located at the top left"
+    if (punct.empty() && is_object_noun(lower) && i + 2 < words.size() && words[i + 2].rfind("the", 0) == 0 &&
+        (words[i + 1] == "at" || words[i + 1] == "in" || words[i + 1] == "on") && rng.chance(p))
+      out.push_back(rng.pick(verbs));
+  }
+  // Articles follow the words after them ("an image" -> "a picture").
+  std::string joined;
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::string w = out[i];
+    if ((w == "a" || w == "an" || w == "A" || w == "An") && i + 1 < out.size()) {
+      std::string next = out[i + 1];
+      next[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(next[0])));
+      const std::string art = article_for(next);
+      w = std::isupper(static_cast<unsigned char>(w[0])) ? std::string(1, static_cast<char>(std::toupper(art[0]))) + art.substr(1)
+                                                          : art;
+    }
+    if (i) joined += ' ';
+    joined += w;
+  }
+  return joined;
+}
+
 // ---- Questions ---------------------------------------------------------------------------------
 
 std::vector<std::pair<Color, Shape>> object_popularity(const SamplerOptions& sampler, int n, uint64_t base_seed) {

@@ -96,6 +96,20 @@ void balance_existence_probes(std::vector<Question>& questions, Rng& rng);
 // A long description (several sentences: objects, figure, background, style).
 std::string describe_scene(const Scene& scene, Rng& rng, bool allow_held_out_templates = false);
 
+// The same description or caption in other words: each word of a small synonym lexicon
+// (large -> big/huge, small -> little/tiny, image -> picture/scene, shows -> contains/displays,
+// raising -> lifting/holding up, drawn -> rendered/painted, objects -> things/shapes, ...) is
+// swapped with probability p, and an object's position may be introduced by "located",
+// "placed", "positioned" or "situated" ("a big red circle located at the top left"); articles
+// follow the new words. Meaning is kept: a reader (the analyzer, or a question about the text)
+// finds the same objects, colours, sizes and positions.
+//
+// Why: the VLM's language model is trained from scratch on Tinyworld text only, so a word the
+// templates never use is, to it, an unknown string of characters. Real LLaVA-style models meet
+// synonyms in their LM's pretraining; this is the pack's stand-in for that, a text corpus with
+// a richer vocabulary. No question template (training or held-out) is produced by it.
+std::string paraphrase(const std::string& text, Rng& rng, double p = 0.5);
+
 // (colour, shape) pairs ranked by how often they occur in `n` training-split scenes of
 // `sampler` (ties broken by vocabulary order): POPE's "popular" objects.
 std::vector<std::pair<Color, Shape>> object_popularity(const SamplerOptions& sampler = {}, int n = 2000,
