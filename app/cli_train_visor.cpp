@@ -16,6 +16,7 @@ void add_train_visor_command(CLI::App& app) {
   struct Opts {
     VisorTrainOptions t;
     int threads = 0;
+    std::string router_label = "correct";
   };
   auto o = std::make_shared<Opts>();
   VisorTrainOptions& t = o->t;
@@ -58,6 +59,11 @@ void add_train_visor_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--router-examples", t.router_examples, "Questions pseudo-labelled for the router")->capture_default_str();
   cmd->add_option("--router-steps", t.router_steps, "Router training steps")->capture_default_str();
+  cmd->add_option("--router-label", o->router_label,
+                  "Pseudo-labels: correct = the cheapest budget as right as the full budget (METHODS.md), same = the "
+                  "cheapest budget giving the full budget's answer")
+      ->check(CLI::IsMember({"correct", "same"}))
+      ->capture_default_str();
   cmd->add_option("--router-lr", t.router_lr, "Router learning rate")->capture_default_str();
   cmd->add_option("--eval", t.eval_questions, "Held-out questions for the accuracy / FLOPs table (0: none)")
       ->capture_default_str();
@@ -70,6 +76,8 @@ void add_train_visor_command(CLI::App& app) {
   cmd->callback([o] {
     set_threads(o->threads);
     VisorTrainOptions t = o->t;
+    t.router_label = o->router_label == "same" ? VisorTrainOptions::RouterLabel::kSameAnswer
+                                               : VisorTrainOptions::RouterLabel::kCorrect;
     t.progress.should_cancel = cancel_on_interrupt();
     const VisorTrainReport r = train_visor(t);
     if (!r.universal_losses.empty())

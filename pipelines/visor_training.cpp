@@ -214,19 +214,37 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   return loss - lookup_weight * on.clamp_min(1e-6).log().mean();
 }
 
-int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features) {
+int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features,
+                           bool by_correctness) {
   const std::vector<int64_t> ids = vqa_prompt_ids(m.base, item.question.question);
   const at::Tensor pixels = vqa_pixels(m.base, item.image);
   const int64_t S = m.visor->max_budget();
-  GenerateOptions g;
-  g.max_new_tokens = max_new_tokens;
-  const std::vector<int64_t> full = visor_generate(m.visor, ids, pixels, S, g).result.tokens;
   int64_t label = S;
-  for (int64_t b = 0; b < S; ++b)
-    if (visor_generate(m.visor, ids, pixels, b, g).result.tokens == full) {
-      label = b;
-      break;
+  if (by_correctness) {
+    // METHODS.md: the cheapest configuration reaching the full model's accuracy on this
+    // question; when the full budget is wrong, every budget does, so the cheapest.
+    auto right = [&](int64_t b) {
+      return answers_match(visor_answer(m, item.question.question, item.image, max_new_tokens, b), item.question.answer);
+    };
+    if (!right(S)) {
+      label = 0;
+    } else {
+      for (int64_t b = 0; b < S; ++b)
+        if (right(b)) {
+          label = b;
+          break;
+        }
     }
+  } else {
+    GenerateOptions g;
+    g.max_new_tokens = max_new_tokens;
+    const std::vector<int64_t> full = visor_generate(m.visor, ids, pixels, S, g).result.tokens;
+    for (int64_t b = 0; b < S; ++b)
+      if (visor_generate(m.visor, ids, pixels, b, g).result.tokens == full) {
+        label = b;
+        break;
+      }
+  }
   if (features) {
     at::NoGradGuard no_grad;  // plain tensors (not inference ones): the router trains on them
     VisorInput in;
@@ -435,13 +453,16 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
   if (!report.universal_losses.empty() && !work.empty()) {
     // The universal model moved: labels and router made from the old one are stale.
     fs::remove(work_path("router_data.safetensors"));
+    fs::remove(work_path("router_data-correct.safetensors"));
     fs::remove_all(work_path("router"));
   }
 
   // ---- 3. pseudo-labels, 4. router ----
   if (S > 0 && o.router_examples > 0) {
     at::Tensor features, labels;  // [R, 2H] float, [R] int64
-    const std::string data_path = work_path("router_data.safetensors");
+    const bool by_correctness = o.router_label == VisorTrainOptions::RouterLabel::kCorrect;
+    // One file per rule, so that a rerun with the other rule labels afresh.
+    const std::string data_path = work_path(by_correctness ? "router_data-correct.safetensors" : "router_data.safetensors");
     if (!data_path.empty() && fs::exists(data_path)) {
       const TensorStore store = TensorStore::open(data_path);
       features = read_tensor(store, "features");
@@ -450,7 +471,9 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
       else log("read " + str(labels.numel()) + " router labels from " + data_path);
     }
     if (!labels.defined()) {
-      log("labelling " + str(o.router_examples) + " questions: cheapest budget keeping the full budget's answer");
+      log("labelling " + str(o.router_examples) + " questions: " +
+          (by_correctness ? "cheapest budget as right as the full budget" : "cheapest budget keeping the full budget's answer"));
+      if (!work.empty()) fs::remove_all(work_path("router"));  // a router trained on other labels is stale
       const auto items = visor_vqa_items(world::hash_combine(o.seed, 0x7072ull), o.router_examples, world::Split::Train,
                                          o.describe_probability);
       std::vector<at::Tensor> rows;
@@ -458,7 +481,7 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
       for (size_t i = 0; i < items.size(); ++i) {
         o.progress.check_cancel();
         at::Tensor f;
-        ls.push_back(visor_pseudo_label(m, items[i], o.max_new_tokens, &f));
+        ls.push_back(visor_pseudo_label(m, items[i], o.max_new_tokens, &f, by_correctness));
         rows.push_back(f);
       }
       features = at::stack(rows);

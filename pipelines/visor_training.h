@@ -9,9 +9,11 @@
 //                  prompt = vqa_prompt_ids (LLaVA-1.5 template), target = encode(answer) + EOS,
 //                  cross-entropy on the answer tokens
 //   3. labels    on `router_examples` fresh training questions: the greedy answer at every
-//                budget; pseudo-label = the cheapest budget whose answer equals the full
-//                budget's; router input features (pooled prompt text + pooled image at the
-//                router's slot) kept with it (work_dir/router_data.safetensors)
+//                budget; pseudo-label (router_label) = the cheapest budget as right as the full
+//                budget (METHODS.md; budget 0 when the full budget is wrong), or the cheapest
+//                budget whose answer equals the full budget's; router input features (pooled
+//                prompt text + pooled image at the router's slot) kept with it
+//                (work_dir/router_data-correct.safetensors, or router_data.safetensors for the other rule)
 //   4. router    cross-entropy of the router MLP on the pseudo-labels (everything else frozen)
 //   5. export    out_dir = a VISOR folder (the LLaVA folder's tokenizer and preprocessor copied);
 //                with eval_questions > 0, held-out questions answered by the original LLaVA and
@@ -70,6 +72,13 @@ struct VisorTrainOptions {
   int64_t lookup_block = -1;
   // Router.
   int64_t router_examples = 256, router_steps = 300;
+  // How a question's pseudo-label is made (visor_pseudo_label): kCorrect, METHODS.md's rule
+  // (the cheapest budget reaching the full budget's accuracy on it: right where the full
+  // budget is right, else budget 0), or kSameAnswer (the cheapest budget whose greedy answer
+  // equals the full budget's, right or wrong; what Iris did before, and the only rule for
+  // questions without a known answer).
+  enum class RouterLabel { kCorrect, kSameAnswer };
+  RouterLabel router_label = RouterLabel::kCorrect;
   double router_lr = 3e-3;
   // Evaluation (0: none) and answers.
   int64_t eval_questions = 200, max_new_tokens = 16;
@@ -132,9 +141,12 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
 at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget,
                              double lookup_weight = 0.0, int64_t lookup_block = -1, double* lookup_mass = nullptr);
 
-// Pseudo-label of one question: the cheapest budget whose greedy answer equals the full
-// budget's. `features` gets the router's input [2H].
-int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features);
+// Pseudo-label of one question (VisorTrainOptions::router_label): with `by_correctness`, the
+// cheapest budget whose greedy answer is right (answers_match) when the full budget's is, else
+// 0; otherwise the cheapest budget whose greedy answer equals the full budget's. `features`
+// gets the router's input [2H].
+int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features,
+                           bool by_correctness = false);
 
 // Accuracy and mean visual FLOPs of VISOR at every budget and with the router (and of the
 // LLaVA path when `llava` is given) on `items` (exact match, case and final punctuation ignored).

@@ -38,7 +38,13 @@
 #                  --balance-existence, in the VLM's fine-tune and VISOR's universal training)
 #   IMAGE_POSITION=1  a learned position embedding on the projected image tokens
 #                  (--image-position; default 0)
-#   VOCAB=N        tokenizer vocabulary (default 512; Tinyworld has ~170 words, so at most ~590); SPM_SCENES=N scenes of text (default 20000)
+#   VOCAB=N        tokenizer vocabulary (default 700: with the paraphrased text every word is one piece;
+#                  the corpus yields at most ~719); SPM_SCENES=N scenes of text (default 20000)
+#   PARAPHRASE=P   the tokenizer's corpus and the text stage's descriptions and captions also in other
+#                  words (synonyms: big, located, ...), each swapped with probability P (--paraphrase;
+#                  default 0.5; 0 = off, and VOCAB 512 as before)
+#   FINETUNE_TEXT=S  share of the fine-tune's steps that are text-stage steps (--finetune-text;
+#                  default 0.15 with PARAPHRASE, so that the LM keeps those words)
 #   THREADS=N      CPU threads (default 0: all cores)
 #   VISION_STEPS=N the vision stage: the anchor tower alone learns dense patch labels before the
 #                  LM reads it (--vision-steps; default 0 = off)
@@ -65,7 +71,8 @@
 #                  2 saved 7x at 3 points less)
 #   VISOR_LOOKUP=W VISOR's lookup loss weight (default 1; 0 = off), VISOR_QUESTIONS=N questions
 #                  asked per scene of a universal step (default 6), VISOR_POSITION=0 no position
-#                  table on the image tokens (default 1: --position-embedding)
+#                  table on the image tokens (default 1: --position-embedding),
+#                  VISOR_ROUTER_EXAMPLES=N questions pseudo-labelled for the router (default 1024)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -77,7 +84,8 @@ VISOR_OUT=${VISOR_OUT:-$OUT-visor}
 WORK=${WORK:-runs/starter-vlm}
 ENCODER=${ENCODER:-assets/starter/image_encoder}
 IRIS=${IRIS:-build/app/iris}
-VOCAB=${VOCAB:-512}
+PARAPHRASE=${PARAPHRASE:-0.5}
+if [ "$PARAPHRASE" = 0 ]; then VOCAB=${VOCAB:-512}; else VOCAB=${VOCAB:-700}; fi
 SPM_SCENES=${SPM_SCENES:-20000}
 THREADS=${THREADS:-0}
 CHECK=${CHECK:-200}
@@ -89,7 +97,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   VOCAB=${VOCAB_SMOKE:-400}
   CHECK=${CHECK_SMOKE:-4}
   EVAL_N=${EVAL_N_SMOKE:-8}
-  DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4}
+  DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4} VISOR_CROSS=${VISOR_CROSS:-1} VISOR_ROUTER_EXAMPLES=${VISOR_ROUTER_EXAMPLES:-8}
   EXTRA=(--tiny --log-every 1)
   FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
 else
@@ -102,6 +110,9 @@ else
   LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
 fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
+if [ "$PARAPHRASE" != 0 ]; then
+  EXTRA+=(--paraphrase "$PARAPHRASE" --finetune-text "${FINETUNE_TEXT:-0.15}")
+fi
 [ "${IMAGE_POSITION:-0}" = 1 ] && EXTRA+=(--image-position)
 [ "${SCENE_LABELS:-0}" = 1 ] && EXTRA+=(--scene-labels)
 [ -n "${ALIGN_GRID:-}" ] && EXTRA+=(--align-grid "$ALIGN_GRID")
@@ -139,7 +150,7 @@ stage_finished() {
 
 steps() { [ -n "${2:-}" ] && echo "--$1-steps $2" || true; }
 
-stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" --out "$WORK/spm"
+stage spm $IRIS train spm --scenes "$SPM_SCENES" --seed $SEED --vocab "$VOCAB" --paraphrase "$PARAPHRASE" --out "$WORK/spm"
 vlm_stage() {  # vlm_stage FINETUNE_STEPS
   $IRIS train vlm --encoder "$ENCODER" --tokenizer "$WORK/spm/tokenizer.model" --out "$OUT" \
     --work "$WORK/vlm" --seed $SEED --threads "$THREADS" --check "$CHECK" \
@@ -166,7 +177,8 @@ draft_stage() {
   cp "$WORK/draft/config.json" "$WORK/draft/model.safetensors" "$DRAFT_OUT/"
 }
 stage draft draft_stage
-VISOR_EXTRA=(--lookup "${VISOR_LOOKUP:-1}" --questions-per-image "${VISOR_QUESTIONS:-6}")
+VISOR_EXTRA=(--lookup "${VISOR_LOOKUP:-1}" --questions-per-image "${VISOR_QUESTIONS:-6}"
+             --router-examples "${VISOR_ROUTER_EXAMPLES:-1024}")
 [ "${VISOR_POSITION:-1}" = 1 ] && VISOR_EXTRA+=(--position-embedding)
 stage visor $IRIS train visor --from "$OUT" --out "$VISOR_OUT" --work "$WORK/visor-work" --steps "${VISOR_STEPS:-1500}" \
   --cross-layers "${VISOR_CROSS:-3}" "${VISOR_EXTRA[@]}" \

@@ -22,6 +22,7 @@
 #include "pipelines/random_model.h"
 #include "pipelines/trainer.h"
 #include "pipelines/visor_training.h"
+#include "pipelines/vlm_eval.h"
 #include "pipelines/visor_vqa.h"
 #include "tests/test_util.h"
 #include "vlm/visor.h"
@@ -631,6 +632,32 @@ TEST(VisorTraining, PseudoLabelIsTheCheapestBudgetKeepingTheFullAnswer) {
     const std::string full = visor_answer(m, item.question.question, item.image, 5, 2);
     EXPECT_EQ(visor_answer(m, item.question.question, item.image, 5, label), full);
     for (int64_t b = 0; b < label; ++b) EXPECT_NE(visor_answer(m, item.question.question, item.image, 5, b), full);
+  }
+}
+
+// METHODS.md's rule: the cheapest budget reaching the full budget's accuracy on the question:
+// a right answer where the full budget's is right (no cheaper budget right), else budget 0.
+TEST(VisorTraining, PseudoLabelByCorrectnessIsTheCheapestBudgetAsRightAsTheFull) {
+  VisorModel m = VisorModel::load(visor_folder("visor"));
+  const auto items = visor_vqa_items(5, 6, world::Split::Train, 0.0);
+  for (VisorVqaItem item : items) {
+    // The random model's own full-budget answer as the truth, and one it never gives.
+    const std::string full = visor_answer(m, item.question.question, item.image, 5, 2);
+    for (const bool truth_is_full : {true, false}) {
+      item.question.answer = truth_is_full ? full : "no such answer";
+      at::Tensor f;
+      const int64_t label = visor_pseudo_label(m, item, 5, &f, /*by_correctness=*/true);
+      EXPECT_EQ(f.sizes(), (at::IntArrayRef{128}));
+      if (!truth_is_full) {
+        EXPECT_EQ(label, 0) << "the full budget is wrong: the cheapest budget is as right";
+        continue;
+      }
+      ASSERT_GE(label, 0);
+      ASSERT_LE(label, 2);
+      EXPECT_TRUE(answers_match(visor_answer(m, item.question.question, item.image, 5, label), full));
+      for (int64_t b = 0; b < label; ++b)
+        EXPECT_FALSE(answers_match(visor_answer(m, item.question.question, item.image, 5, b), full)) << b;
+    }
   }
 }
 
