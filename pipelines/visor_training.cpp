@@ -214,48 +214,44 @@ at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& bat
   return loss - lookup_weight * on.clamp_min(1e-6).log().mean();
 }
 
+namespace {
+
+// The router's input [2H] for a prompt and its image (pooled text + pooled image at the
+// router's slot), as a plain tensor (not an inference one): the router trains on it.
+at::Tensor router_input_features(VisorModel& m, const std::vector<int64_t>& ids, const at::Tensor& pixels) {
+  at::NoGradGuard no_grad;
+  VisorInput in;
+  const std::vector<int64_t> text = without_image_token(ids, m.visor->config().image_token_index);
+  in.input_ids = at::tensor(text, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+  in.image_features = m.visor->image_features(pixels);
+  VisorForwardOptions fo;
+  fo.router_features_only = true;
+  return m.visor->forward(in, nullptr, fo).router_features.select(0, 0).clone();
+}
+
+}  // namespace
+
 int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features,
                            bool by_correctness) {
   const std::vector<int64_t> ids = vqa_prompt_ids(m.base, item.question.question);
   const at::Tensor pixels = vqa_pixels(m.base, item.image);
+  if (features) *features = router_input_features(m, ids, pixels);
   const int64_t S = m.visor->max_budget();
-  int64_t label = S;
-  if (by_correctness) {
-    // METHODS.md: the cheapest configuration reaching the full model's accuracy on this
-    // question; when the full budget is wrong, every budget does, so the cheapest.
-    auto right = [&](int64_t b) {
-      return answers_match(visor_answer(m, item.question.question, item.image, max_new_tokens, b), item.question.answer);
-    };
-    if (!right(S)) {
-      label = 0;
-    } else {
-      for (int64_t b = 0; b < S; ++b)
-        if (right(b)) {
-          label = b;
-          break;
-        }
-    }
-  } else {
-    GenerateOptions g;
-    g.max_new_tokens = max_new_tokens;
-    const std::vector<int64_t> full = visor_generate(m.visor, ids, pixels, S, g).result.tokens;
-    for (int64_t b = 0; b < S; ++b)
-      if (visor_generate(m.visor, ids, pixels, b, g).result.tokens == full) {
-        label = b;
-        break;
-      }
+  GenerateOptions g;
+  g.max_new_tokens = max_new_tokens;
+  auto answer = [&](int64_t b) { return visor_generate(m.visor, ids, pixels, b, g).result.tokens; };
+  auto right = [&](const std::vector<int64_t>& tokens) {
+    return answers_match(m.base.detokenize(tokens), item.question.answer);
+  };
+  const std::vector<int64_t> full = answer(S);
+  // METHODS.md's rule: the cheapest configuration reaching the full model's accuracy on this
+  // question; when the full budget is wrong, every budget does, so the cheapest.
+  if (by_correctness && !right(full)) return 0;
+  for (int64_t b = 0; b < S; ++b) {
+    const std::vector<int64_t> tokens = answer(b);
+    if (by_correctness ? right(tokens) : tokens == full) return b;
   }
-  if (features) {
-    at::NoGradGuard no_grad;  // plain tensors (not inference ones): the router trains on them
-    VisorInput in;
-    const std::vector<int64_t> text = without_image_token(ids, m.visor->config().image_token_index);
-    in.input_ids = at::tensor(text, at::TensorOptions().dtype(at::kLong)).view({1, -1});
-    in.image_features = m.visor->image_features(pixels);
-    VisorForwardOptions fo;
-    fo.router_features_only = true;
-    *features = m.visor->forward(in, nullptr, fo).router_features.select(0, 0).clone();
-  }
-  return label;
+  return S;
 }
 
 // =============================================================================================

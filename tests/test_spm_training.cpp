@@ -246,6 +246,17 @@ TEST(TinyworldText, CorpusMatchesAnExportAndHasEveryKind) {
   EXPECT_TRUE(describe);
   EXPECT_NE(std::find(corpus.begin(), corpus.end(), "yes"), corpus.end());
   EXPECT_THROW(iris::tinyworld_text_corpus(5, 0), ConfigError);
+  // With paraphrase: the same sentences, then per scene its caption and description reworded.
+  const std::vector<std::string> more = iris::tinyworld_text_corpus(5, 4, 1.0);
+  EXPECT_GT(more.size(), corpus.size());
+  for (const std::string& line : corpus) EXPECT_NE(std::find(more.begin(), more.end(), line), more.end()) << line;
+  bool synonym = false;
+  for (const std::string& line : more)
+    synonym = synonym || line.find(" located ") != std::string::npos || line.find(" placed ") != std::string::npos ||
+              line.find(" positioned ") != std::string::npos || line.find(" situated ") != std::string::npos;
+  EXPECT_TRUE(synonym);
+  EXPECT_THROW(iris::tinyworld_text_corpus(5, 4, 1.5), ConfigError);
+  EXPECT_THROW(iris::tinyworld_text_corpus(5, 4, -0.1), ConfigError);
 
   iris::world::DatasetOptions d;
   d.base_seed = 5;

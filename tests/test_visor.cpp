@@ -763,6 +763,16 @@ TEST(VisorCli, TrainThenAskWithABudget) {
   CliRun r = run_cli("train visor --from " + llava + " --out " + out + " --work " + testing_util::scratch("work") +
                   " --steps 2 --batch 1 --router-examples 2 --router-steps 2 --eval 0 --threads 1");
   ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("cheapest budget as right as the full budget"), std::string::npos) << "METHODS.md's rule by default";
+  // The other rule relabels (its own label file); an unknown rule is refused by name.
+  r = run_cli("train visor --from " + llava + " --out " + out + " --work " + testing_util::scratch("work") +
+              " --steps 2 --batch 1 --router-examples 2 --router-steps 2 --eval 0 --threads 1 --router-label same");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("labelling 2 questions: cheapest budget keeping the full budget's answer"), std::string::npos)
+      << r.out;
+  r = run_cli("train visor --from " + llava + " --out " + out + " --router-label best");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.err.find("best"), std::string::npos) << r.err;
   r = run_cli("ask --model " + out + " --image " + image + " --max-tokens 3 --visor-budget 1 \"What color?\"");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("budget 1, visual"), std::string::npos) << r.out;

@@ -370,6 +370,12 @@ TEST(VlmTraining, ParaphrasedTextAndTextStepsInTheFinetune) {
   const std::string context = example.substr(0, example.find('|'));
   for (const char* w : {" large ", " small ", " medium ", " shows ", " drawn ", " objects ", " raising "})
     EXPECT_EQ(context.find(w), std::string::npos) << w << " in " << context;
+  bool reworded = false;  // and some synonym is there (this seed's context is a description)
+  for (const char* w : {" big ", " huge ", " little ", " tiny ", "-sized ", " things ", " shapes ", " rendered ",
+                        " painted ", " contains ", " displays ", " depicts ", " located ", " placed ", " positioned ",
+                        " situated "})
+    reworded = reworded || context.find(w) != std::string::npos;
+  EXPECT_TRUE(reworded) << context;
 
   // All fine-tune steps text steps: the trainable tower does not move; image steps move it.
   const TensorStore enc = TensorStore::open((fs::path(o.encoder_dir) / "model.safetensors").string());

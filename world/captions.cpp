@@ -453,7 +453,7 @@ std::string paraphrase(const std::string& text, Rng& rng, double p) {
     }
     out.push_back(core + punct);
     // "circle at the top left" -> "circle located at the top left"
-    if (punct.empty() && is_object_noun(lower) && i + 2 < words.size() && words[i + 2].rfind("the", 0) == 0 &&
+    if (punct.empty() && is_object_noun(lower) && i + 2 < words.size() && words[i + 2] == "the" &&
         (words[i + 1] == "at" || words[i + 1] == "in" || words[i + 1] == "on") && rng.chance(p))
       out.push_back(rng.pick(verbs));
   }
