@@ -59,6 +59,13 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
                     "Extra L1 weight on pixels on or near edges (0: plain L1)")
         ->capture_default_str();
   }
+  if (name == "unet") {
+    cmd->add_flag("--finetune", o->t.unet_from_pack,
+                  "Start from OUT/unet (fresh optimizer and schedule; use another --work than the first run's)");
+    cmd->add_flag("--train-text-encoder", o->t.unet_train_text,
+                  "Train the text encoder with the UNet on the denoising loss and write OUT/text_encoder too "
+                  "(adapters trained on the old one need retraining)");
+  }
   cmd->callback([o, fn, name] {
     set_threads(o->threads);
     StarterTrainOptions t = o->t;

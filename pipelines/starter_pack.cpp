@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include <torch/nn/module.h>
 #include <torch/utils.h>
@@ -476,16 +477,24 @@ TrainReport train_starter_unet(const StarterTrainOptions& o) {
   const ClipTokenizer tok = open_pack_tokenizer(o.out_dir);
   const ModelPart te_part = open_pack_part(o.out_dir, "text_encoder", "iris train clip");
   const ModelPart vae_part = open_pack_part(o.out_dir, "vae", "iris train vae");
+  // --finetune: the pack's UNet, opened before the dataset is encoded so a missing one fails fast.
+  const std::optional<ModelPart> unet_part =
+      o.unet_from_pack ? std::optional<ModelPart>(open_pack_part(o.out_dir, "unet", "iris train unet")) : std::nullopt;
   ClipTextModel text = load_clip_text_model(te_part);
   AutoencoderKL vae(VaeConfig::from_json(vae_part.config, vae_part.config_path));
   load_state_dict(*vae, *vae_part.weights, RenameTable(), LoadOptions());
   const c10::Device dev = select_device(o.device);
   text->to(dev);
   vae->to(dev);
-  text->eval();
   vae->eval();
-  for (auto& p : text->parameters()) p.set_requires_grad(false);
   for (auto& p : vae->parameters()) p.set_requires_grad(false);
+  // Trained jointly (CLIP has no dropout, so train() and eval() compute the same) or frozen.
+  if (o.unet_train_text) {
+    text->train();
+  } else {
+    text->eval();
+    for (auto& p : text->parameters()) p.set_requires_grad(false);
+  }
   const ImageCaptionSet data = load_image_caption_set(o.data_dir, o.max_images, log);
   const int64_t L = text->config().max_position_embeddings;
 
@@ -517,21 +526,43 @@ TrainReport train_starter_unet(const StarterTrainOptions& o) {
   Json unet_config = starter_unet_config(o.tiny, text->config().hidden_size);
   unet_config["sample_size"] = latents.size(2);
   at::manual_seed(o.seed);
-  UNet2DCondition unet(UNetConfig::from_json(unet_config, "starter unet config"));
+  UNet2DCondition unet{nullptr};
+  if (unet_part) {
+    const ModelPart& part = *unet_part;
+    unet_config = part.config;
+    const UNetConfig uc = UNetConfig::from_json(unet_config, part.config_path);
+    if (uc.cross_attention_dim != text->config().hidden_size || uc.sample_size != latents.size(2))
+      throw ConfigError(part.config_path + ": cross_attention_dim " + std::to_string(uc.cross_attention_dim) +
+                        " / sample_size " + std::to_string(uc.sample_size) + " do not fit the text encoder (" +
+                        std::to_string(text->config().hidden_size) + ") and the latents (" +
+                        std::to_string(latents.size(2)) + ")");
+    unet = UNet2DCondition(uc);
+    load_state_dict(*unet, *part.weights, RenameTable(), LoadOptions());
+  } else {
+    unet = UNet2DCondition(UNetConfig::from_json(unet_config, "starter unet config"));
+  }
   unet->to(dev);
-  TrainerOptions to = trainer_options(o, kUnet, "unet");
+  TrainerOptions to = trainer_options(o, kUnet, o.unet_from_pack ? "unet-finetune" : "unet");
   to.ema_decay = 0.999;
-  Trainer t(named_trainable_parameters(*unet), to);
+  // The text encoder's tensors go under their own prefix (a UNet-only checkpoint has none, so
+  // resuming it with --train-text-encoder, or the reverse, is refused as other parameters).
+  NamedTensors params = named_trainable_parameters(*unet);
+  if (o.unet_train_text)
+    for (auto& p : named_trainable_parameters(*text, "text_encoder.")) params.push_back(p);
+  Trainer t(params, to);
   t.resume();
   const int64_t B = batch_of(o, kUnet);
   const double min_snr_gamma = 5.0;
   TrainReport r = run_trainer(t, o, [&](at::Generator& gen) {
     const uint64_t seed = data_seed(o, t);
     const std::vector<int64_t> idx = sample_indices(seed, data.size(), B);
-    at::Tensor context;
-    {
+    const at::Tensor ids = tokenize_batch(tok, batch_captions(data, idx, seed, 0.1), L).to(dev);
+    at::Tensor context;  // [B, L, hidden]
+    if (o.unet_train_text) {
+      context = text->forward(ids).last_hidden_state;
+    } else {
       torch::NoGradGuard no_grad;
-      context = text->forward(tokenize_batch(tok, batch_captions(data, idx, seed, 0.1), L).to(dev)).last_hidden_state;
+      context = text->forward(ids).last_hidden_state;
     }
     const at::Tensor x0 = latents.index_select(0, at::tensor(idx).to(dev));          // [B, 4, h, w]
     const at::Tensor ts = at::randint(T, {B}, gen, at::kLong).to(dev);                // [B]
@@ -554,6 +585,13 @@ TrainReport train_starter_unet(const StarterTrainOptions& o) {
   const fs::path out(o.out_dir);
   write_json((out / "unet/config.json").string(), unet_config);
   write_weights((out / "unet/diffusion_pytorch_model.safetensors").string(), *unet, o.f16);
+  // Same config; the weights as trained with this UNet (EMA too). Written as the CLIPTextModel
+  // the config names, so without the contrastive text_projection of `iris train clip`: the
+  // denoising loss does not train it and a stale copy would no longer match the encoder.
+  if (o.unet_train_text) {
+    text->to(c10::kCPU);
+    write_weights((out / "text_encoder/model.safetensors").string(), *text, o.f16);
+  }
   write_json((out / "scheduler/scheduler_config.json").string(), sched_config);
   Json index = {{"_class_name", "StableDiffusionPipeline"},
                 {"_diffusers_version", "0.29.2"},
@@ -568,9 +606,10 @@ TrainReport train_starter_unet(const StarterTrainOptions& o) {
   if (fs::is_directory(out / "image_encoder")) index["image_encoder"] = {"transformers", "CLIPVisionModelWithProjection"};
   write_json((out / "model_index.json").string(), index);
   r.output = o.out_dir;
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "[unet] wrote %s (%lld parameters, %.3f s/step)", r.output.c_str(),
-                static_cast<long long>(r.parameters), r.seconds_per_step);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "[unet] wrote %s (%lld parameters%s, %.3f s/step)", r.output.c_str(),
+                static_cast<long long>(r.parameters), o.unet_train_text ? " with the text encoder's" : "",
+                r.seconds_per_step);
   log(buf);
   return r;
 }

@@ -73,6 +73,14 @@ struct StarterTrainOptions {
   bool vae_from_pack = false;
   bool vae_decoder_only = false;
   double vae_detail_weight = 0;
+  // UNet only. unet_from_pack: start from the pack's unet/ (fresh optimizer and schedule) instead
+  // of a random initialisation. unet_train_text: train the text encoder together with the UNet
+  // on the denoising loss and export it to text_encoder/ too. A contrastive text encoder only has
+  // to tell captions apart; it is not taught which colour, size and position belong to which
+  // object in "a red circle on the left and a blue square", which is what multi-object prompts
+  // need (the calibration run trained its text encoder jointly for this reason).
+  bool unet_from_pack = false;
+  bool unet_train_text = false;
   bool f16 = true;           // exported weights stored as F16
   std::string device = "cpu";  // cpu | cuda | cuda:N | auto (noise is drawn on the CPU either way)
   std::function<void(const std::string&)> log;  // stdout when empty

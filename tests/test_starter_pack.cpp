@@ -221,6 +221,69 @@ TEST(StarterPack, VaeFinetuneAndDecoderOnlyStartFromThePacksVae) {
   }
 }
 
+TEST(StarterPack, UnetFinetuneStartsFromThePackAndCanTrainTheTextEncoder) {
+  const fs::path root = testing_util::scratch_dir();
+  const std::string data = make_dataset(root / "data", 8);
+  const fs::path out = root / "pack";
+  StarterTrainOptions o = tiny_options(data, out, 3);
+  // Without a pack UNet, --finetune names the command that makes one.
+  train_starter_tokenizer(o, 300);
+  train_starter_vae(o);
+  train_starter_clip(o);
+  StarterTrainOptions ft = o;
+  ft.unet_from_pack = true;
+  try {
+    train_starter_unet(ft);
+    FAIL() << "expected IoError";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("iris train unet"), std::string::npos) << e.what();
+  }
+  train_starter_unet(o);
+  const std::string unet_file = (out / "unet/diffusion_pytorch_model.safetensors").string();
+  const std::string text_file = (out / "text_encoder/model.safetensors").string();
+  const auto unet0 = read_all(TensorStore::open(unet_file));
+  const auto text0 = read_all(TensorStore::open(text_file));
+
+  // Frozen text encoder: the UNet moves from the pack's weights, the text encoder file stays.
+  ft.steps = 4;
+  ft.lr = 1e-3;
+  ft.work_dir = (root / "ft-work").string();
+  const TrainReport frozen = train_starter_unet(ft);
+  expect_finite_and_falling(frozen, "unet finetune");
+  const auto unet1 = read_all(TensorStore::open(unet_file));
+  EXPECT_FALSE(at::equal(unet0.at("conv_in.weight"), unet1.at("conv_in.weight")));
+  for (const auto& [name, t] : read_all(TensorStore::open(text_file))) EXPECT_TRUE(at::equal(t, text0.at(name))) << name;
+
+  // Its checkpoint holds UNet tensors only: resuming it with the text encoder trainable is
+  // refused instead of silently starting the text encoder's optimizer state from nothing.
+  StarterTrainOptions joint = ft;
+  joint.unet_train_text = true;
+  joint.steps = 8;
+  EXPECT_THROW(train_starter_unet(joint), CheckpointError);
+
+  // Jointly: the text encoder is trained on the denoising loss and written back as the
+  // CLIPTextModel its config names: every key but the contrastive head (text_projection, which
+  // the denoising loss does not train and the pipeline never reads), a folder that loads and
+  // renders.
+  joint.work_dir = (root / "joint-work").string();
+  joint.steps = 4;
+  const TrainReport j = train_starter_unet(joint);
+  expect_finite_and_falling(j, "unet + text encoder");
+  EXPECT_GT(j.parameters, frozen.parameters);
+  const auto text2 = read_all(TensorStore::open(text_file));
+  EXPECT_EQ(text2.size() + 1, text0.size());
+  for (const auto& [name, t] : text0)
+    if (name != "text_projection.weight") EXPECT_TRUE(text2.count(name)) << name;
+  EXPECT_FALSE(at::equal(text0.at("text_model.encoder.layers.0.self_attn.q_proj.weight"),
+                         text2.at("text_model.encoder.layers.0.self_attn.q_proj.weight")));
+  SdModel model = SdModel::load(out.string());
+  GenerationParams p;
+  p.prompt = "a large blue square on the left";
+  p.steps = 2;
+  p.width = p.height = 64;
+  EXPECT_EQ(generate(model, p).size(), 1u);
+}
+
 TEST(StarterPack, BadInputGivesClearErrors) {
   const fs::path root = testing_util::scratch_dir();
   // Missing data folder.
