@@ -294,7 +294,11 @@ world::Tally DiffusionEvalResult::headline() const { return headline_of(task, sc
 std::vector<EvalFigure> DiffusionEvalResult::figures() const {
   std::vector<EvalFigure> f;
   switch (task) {
-    case EvalTask::TextToImage: f.push_back({"described (all)", described(), 85}); break;
+    case EvalTask::TextToImage:
+      f.push_back({"described (all)", described(), 85});
+      for (const auto& [name, t] : per_group)
+        if (t.total > 0) f.push_back({name, t, 0});
+      break;
     case EvalTask::ImagePrompt: f.push_back({"reference match", headline(), 80}); break;
     case EvalTask::ImagePromptText:
       f.push_back({"change honoured", change, 70});
@@ -327,6 +331,10 @@ DiffusionEvalResult eval_diffusion(const DiffusionEvalOptions& o, const EvalGene
   r.has_baseline = o.task == EvalTask::Skeleton && o.skeleton_baseline;
   if (o.task == EvalTask::Style)
     for (world::Style s : world::all_styles()) r.per_style.emplace_back(world::name(s), world::Tally());
+  if (o.task == EvalTask::TextToImage)
+    for (const char* g : {"seen templates", "unseen templates", "1 object", "2 objects", "3 objects", "with a figure",
+                          "no figure"})
+      r.per_group.emplace_back(g, world::Tally());
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) {
     o.progress.check_cancel();
@@ -347,6 +355,13 @@ DiffusionEvalResult eval_diffusion(const DiffusionEvalOptions& o, const EvalGene
     r.prompts.push_back(it.params.prompt);
     r.scene_seeds.push_back(seeds[i]);
     r.item_scores.push_back(headline_of(o.task, sc, change));
+    if (o.task == EvalTask::TextToImage) {  // per_group's order: templates, objects, figure
+      const world::Tally& t = r.item_scores.back();
+      r.per_group[it.described.held_out_template ? 1 : 0].second += t;
+      const size_t objects = it.described.mentions.size();
+      if (objects >= 1 && objects <= 3) r.per_group[1 + objects].second += t;
+      r.per_group[it.described.figure ? 5 : 6].second += t;
+    }
     r.images.push_back(img);
     if (it.reference.width > 0) r.references.push_back(it.reference);
     if (o.log) {

@@ -73,6 +73,9 @@ struct DiffusionEvalResult {
   bool has_baseline = false;
   world::Tally change;         // ip-text: the text's change honoured
   std::vector<std::pair<std::string, world::Tally>> per_style;  // style: recognition per style
+  // t2i: the headline split by what the prompt is like — seen / unseen caption templates,
+  // 1 / 2 / 3 objects named, a stick figure or not (where a weak model loses its attributes).
+  std::vector<std::pair<std::string, world::Tally>> per_group;
   std::vector<std::string> prompts;
   std::vector<uint64_t> scene_seeds;
   std::vector<world::Tally> item_scores;  // per prompt: its share of headline()

@@ -239,6 +239,39 @@ TEST(DiffusionEval, RendersOfTheTargetsScoreFullMarksAndWrongImagesDoNot) {
   }
 }
 
+TEST(DiffusionEval, TextToImageSplitsItsHeadlineByTemplateObjectsAndFigure) {
+  // Right renders for prompts in held-out templates only, blank images for the rest: the split
+  // shows where the points were lost, and each split adds up to the headline.
+  const DiffusionEvalOptions o = options(EvalTask::TextToImage, 24);
+  const DiffusionEvalResult r = eval_diffusion(o, [](const EvalPrompt& p, bool b) {
+    return p.described.held_out_template ? render_target(p, b) : blank(p, b);
+  });
+  ASSERT_EQ(r.per_group.size(), 7u);
+  const auto group = [&](const std::string& name) {
+    for (const auto& [n, t] : r.per_group)
+      if (n == name) return t;
+    ADD_FAILURE() << "no group " << name;
+    return world::Tally();
+  };
+  const world::Tally seen = group("seen templates"), unseen = group("unseen templates");
+  ASSERT_GT(seen.total, 0);
+  ASSERT_GT(unseen.total, 0);
+  EXPECT_GE(rate(unseen), 0.95) << format_eval_table(r);
+  EXPECT_LE(rate(seen), 0.3) << format_eval_table(r);
+  const world::Tally all = r.headline();
+  EXPECT_EQ(seen.total + unseen.total, all.total);
+  EXPECT_EQ(seen.correct + unseen.correct, all.correct);
+  EXPECT_EQ(group("with a figure").total + group("no figure").total, all.total);
+  int by_objects = 0;
+  for (const char* g : {"1 object", "2 objects", "3 objects"}) by_objects += group(g).total;
+  EXPECT_LE(by_objects, all.total);  // a figure-only caption names no object
+  EXPECT_GT(by_objects, all.total / 2);
+  const std::string table = format_eval_table(r);
+  EXPECT_NE(table.find("unseen templates"), std::string::npos) << table;
+  // Other tasks have no such split.
+  EXPECT_TRUE(eval_diffusion(options(EvalTask::ImagePrompt, 2), render_target).per_group.empty());
+}
+
 TEST(DiffusionEval, EveryTaskRunsOnATinyPipeline) {
   SdModel& model = tiny_model();
   for (EvalTask t : {EvalTask::TextToImage, EvalTask::ImagePrompt, EvalTask::ImagePromptText, EvalTask::Style,
