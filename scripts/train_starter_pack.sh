@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the starter pack's image half from scratch with fixed seeds, on 2 CPU cores:
 #
-#   scripts/train_starter_pack.sh                 # -> assets/starter/ (about an hour on 2 cores)
+#   scripts/train_starter_pack.sh                 # -> assets/starter/ (about 5 hours on 2 cores; README "The starter pack")
 #
 # Stages (each prints step, loss, it/s and ETA; each resumes from its checkpoint folder in
 # $WORK, so rerunning the command after an interruption continues where it stopped, and a
