@@ -232,7 +232,8 @@ at::Tensor router_input_features(VisorModel& m, const std::vector<int64_t>& ids,
 }  // namespace
 
 int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features,
-                           bool by_correctness) {
+                           VisorTrainOptions::RouterLabel rule) {
+  const bool by_correctness = rule == VisorTrainOptions::RouterLabel::kCorrect;
   const std::vector<int64_t> ids = vqa_prompt_ids(m.base, item.question.question);
   const at::Tensor pixels = vqa_pixels(m.base, item.image);
   if (features) *features = router_input_features(m, ids, pixels);
@@ -477,7 +478,7 @@ VisorTrainReport train_visor(const VisorTrainOptions& o) {
       for (size_t i = 0; i < items.size(); ++i) {
         o.progress.check_cancel();
         at::Tensor f;
-        ls.push_back(visor_pseudo_label(m, items[i], o.max_new_tokens, &f, by_correctness));
+        ls.push_back(visor_pseudo_label(m, items[i], o.max_new_tokens, &f, o.router_label));
         rows.push_back(f);
       }
       features = at::stack(rows);

@@ -141,12 +141,11 @@ std::vector<VisorVqaItem> visor_vqa_items(uint64_t seed, int64_t count, world::S
 at::Tensor visor_answer_loss(VisorModel& m, const std::vector<VisorVqaItem>& batch, int64_t budget,
                              double lookup_weight = 0.0, int64_t lookup_block = -1, double* lookup_mass = nullptr);
 
-// Pseudo-label of one question (VisorTrainOptions::router_label): with `by_correctness`, the
-// cheapest budget whose greedy answer is right (answers_match) when the full budget's is, else
-// 0; otherwise the cheapest budget whose greedy answer equals the full budget's. `features`
-// gets the router's input [2H].
+// Pseudo-label of one question under `rule`: kCorrect, the cheapest budget whose greedy answer
+// is right (answers_match) when the full budget's is, else 0; kSameAnswer, the cheapest budget
+// whose greedy answer equals the full budget's. `features` gets the router's input [2H].
 int64_t visor_pseudo_label(VisorModel& m, const VisorVqaItem& item, int64_t max_new_tokens, at::Tensor* features,
-                           bool by_correctness = false);
+                           VisorTrainOptions::RouterLabel rule);
 
 // Accuracy and mean visual FLOPs of VISOR at every budget and with the router (and of the
 // LLaVA path when `llava` is given) on `items` (exact match, case and final punctuation ignored).

@@ -11,12 +11,14 @@
 #include "core/checkpoint.h"
 #include "core/clip_tokenizer.h"
 #include "core/error.h"
+#include "core/json_util.h"
 #include "core/safetensors.h"
 #include "core/state_dict.h"
 #include "core/tensor_io.h"
 #include "diffusion/clip.h"
 #include "diffusion/vae.h"
 #include "pipelines/diffusion_eval.h"
+#include "pipelines/random_model.h"
 #include "pipelines/sd_model.h"
 #include "pipelines/stable_diffusion.h"
 #include "pipelines/starter_pack.h"
@@ -276,6 +278,24 @@ TEST(StarterPack, UnetFinetuneStartsFromThePackAndCanTrainTheTextEncoder) {
     if (name != "text_projection.weight") EXPECT_TRUE(text2.count(name)) << name;
   EXPECT_FALSE(at::equal(text0.at("text_model.encoder.layers.0.self_attn.q_proj.weight"),
                          text2.at("text_model.encoder.layers.0.self_attn.q_proj.weight")));
+  // A pack UNet that does not fit the text encoder is refused, naming its config and the value.
+  {
+    const std::string config_path = (out / "unet/config.json").string();
+    Json config = read_json_file(config_path);
+    const Json original = config;
+    config["cross_attention_dim"] = 48;
+    write_json(config_path, config);
+    StarterTrainOptions bad = ft;
+    bad.work_dir.clear();
+    try {
+      train_starter_unet(bad);
+      ADD_FAILURE() << "expected ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("unet/config.json"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cross_attention_dim 48"), std::string::npos) << e.what();
+    }
+    write_json(config_path, original);
+  }
   SdModel model = SdModel::load(out.string());
   GenerationParams p;
   p.prompt = "a large blue square on the left";

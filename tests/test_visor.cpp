@@ -625,7 +625,7 @@ TEST(VisorTraining, PseudoLabelIsTheCheapestBudgetKeepingTheFullAnswer) {
   const auto items = visor_vqa_items(3, 3, world::Split::Train, 0.0);
   for (const VisorVqaItem& item : items) {
     at::Tensor f;
-    const int64_t label = visor_pseudo_label(m, item, 5, &f);
+    const int64_t label = visor_pseudo_label(m, item, 5, &f, VisorTrainOptions::RouterLabel::kSameAnswer);
     ASSERT_GE(label, 0);
     ASSERT_LE(label, 2);
     EXPECT_EQ(f.sizes(), (at::IntArrayRef{128}));
@@ -646,7 +646,7 @@ TEST(VisorTraining, PseudoLabelByCorrectnessIsTheCheapestBudgetAsRightAsTheFull)
     for (const bool truth_is_full : {true, false}) {
       item.question.answer = truth_is_full ? full : "no such answer";
       at::Tensor f;
-      const int64_t label = visor_pseudo_label(m, item, 5, &f, /*by_correctness=*/true);
+      const int64_t label = visor_pseudo_label(m, item, 5, &f, VisorTrainOptions::RouterLabel::kCorrect);
       EXPECT_EQ(f.sizes(), (at::IntArrayRef{128}));
       if (!truth_is_full) {
         EXPECT_EQ(label, 0) << "the full budget is wrong: the cheapest budget is as right";
