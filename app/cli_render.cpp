@@ -14,11 +14,14 @@ namespace iris::cli {
 
 namespace {
 
+// "auto": the model's native size (0x0, resolved once the model is loaded).
 std::pair<int, int> parse_size(const std::string& s) {
+  if (s == "auto") return {0, 0};
   int w = 0, h = 0;
   char x = 0, extra = 0;
   if (std::sscanf(s.c_str(), "%d%c%d%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X'))
-    throw ConfigError("--size \"" + s + "\": expected WIDTHxHEIGHT, e.g. 512x512");
+    throw ConfigError("--size \"" + s + "\": expected WIDTHxHEIGHT (e.g. 512x512) or auto");
+  if (w <= 0 || h <= 0) throw ConfigError("--size \"" + s + "\": width and height must be positive");
   return {w, h};
 }
 
@@ -35,7 +38,7 @@ void add_render_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("render", "Generate images from a prompt (and an init image)");
   struct Opts {
     SdModelCliOptions m;
-    std::string out = "out.png", size = "512x512", init, ip_preset = "all", skeleton;
+    std::string out = "out.png", size = "auto", init, ip_preset = "all", skeleton;
     std::vector<std::string> image_prompts;
     std::vector<double> ip_scales;
     GenerationParams p;
@@ -51,7 +54,8 @@ void add_render_command(CLI::App& app) {
   cmd->add_option("--steps", o->p.steps, "Denoising steps")->capture_default_str();
   cmd->add_option("--cfg", o->p.cfg_scale, "Classifier-free guidance scale (<= 1: off)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed (default: random; printed)");
-  cmd->add_option("--size", o->size, "WIDTHxHEIGHT, multiples of 8")->capture_default_str();
+  cmd->add_option("--size", o->size, "WIDTHxHEIGHT, multiples of 8; auto: the model's native size (512x512 for SD 1.5)")
+      ->capture_default_str();
   cmd->add_option("--batch", o->p.batch, "Images (seeds seed, seed+1, ...)")->capture_default_str();
   cmd->add_option("--init", o->init, "Init image for image-to-image");
   cmd->add_option("--strength", o->p.strength, "Image-to-image strength in (0, 1]")->capture_default_str();
@@ -95,6 +99,7 @@ void add_render_command(CLI::App& app) {
 
     SdModel model = SdModel::load(o->m.model, o->m.load_options());
     model.release_after_use = true;  // one generation per run: free each part once it is done
+    p = with_native_size(model, p);  // --size auto: the metadata names the size rendered
 
     ProgressBar bar;
     GenerationCallbacks cb;

@@ -158,6 +158,8 @@ BatchJob parse_batch_job(const Json& j, int line, const std::string& base_dir, c
   // model's VAE factor when the job runs.
   GenerationParams probe = p;
   if (!job.init_path.empty()) probe.init_image = Image(8, 8, 3);  // validate() only looks at presence
+  if (!j.contains("size") && !j.contains("width")) probe.width = 8;    // 0: the model's native size
+  if (!j.contains("size") && !j.contains("height")) probe.height = 8;
   try {
     probe.validate(8);
   } catch (const ConfigError& e) {
@@ -258,7 +260,7 @@ BatchSummary run_batch(SdModel& model, const std::vector<BatchJob>& jobs, const 
           if (!job.skeleton_path.empty()) p.skeleton = world::load_skeleton(job.skeleton_path);
           loaded = true;
         }
-        GenerationParams one = p;
+        GenerationParams one = with_native_size(model, p);  // no size given: the model's own
         one.seed = job.params.seed + static_cast<uint64_t>(k);
         GenerationCallbacks gcb;
         gcb.progress = cb.progress;

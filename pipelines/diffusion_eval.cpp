@@ -291,6 +291,16 @@ world::Tally DiffusionEvalResult::described() const { return described_of(score)
 
 world::Tally DiffusionEvalResult::headline() const { return headline_of(task, score, change); }
 
+namespace {
+
+// "style flat", "style pixelated", ...: how often the analyzer read each requested style.
+void push_style_rows(std::vector<EvalFigure>& f, const std::vector<std::pair<std::string, world::Tally>>& per_style) {
+  for (const auto& [name, t] : per_style)
+    if (t.total > 0) f.push_back({"style " + name, t, 0});
+}
+
+}  // namespace
+
 std::vector<EvalFigure> DiffusionEvalResult::figures() const {
   std::vector<EvalFigure> f;
   switch (task) {
@@ -298,8 +308,12 @@ std::vector<EvalFigure> DiffusionEvalResult::figures() const {
       f.push_back({"described (all)", described(), 85});
       for (const auto& [name, t] : per_group)
         if (t.total > 0) f.push_back({name, t, 0});
+      push_style_rows(f, per_style);
       break;
-    case EvalTask::ImagePrompt: f.push_back({"reference match", headline(), 80}); break;
+    case EvalTask::ImagePrompt:
+      f.push_back({"reference match", headline(), 80});
+      push_style_rows(f, per_style);
+      break;
     case EvalTask::ImagePromptText:
       f.push_back({"change honoured", change, 70});
       f.push_back({"others kept", objects_and_count(score), 0});
@@ -310,14 +324,17 @@ std::vector<EvalFigure> DiffusionEvalResult::figures() const {
       content.correct -= score.style.correct;
       content.total -= score.style.total;
       f.push_back({"content", content, 80});
-      for (const auto& [name, t] : per_style) f.push_back({"style " + name, t, 0});
+      push_style_rows(f, per_style);
       break;
     }
     case EvalTask::Skeleton:
       f.push_back({"PCK@0.1 adapter", score.joints, 80});
       if (has_baseline) f.push_back({"PCK@0.1 without", baseline.joints, 0});
       break;
-    case EvalTask::Autoencoder: f.push_back({"round trip", headline(), 0}); break;
+    case EvalTask::Autoencoder:
+      f.push_back({"round trip", headline(), 0});
+      push_style_rows(f, per_style);
+      break;
   }
   return f;
 }
@@ -329,8 +346,7 @@ DiffusionEvalResult eval_diffusion(const DiffusionEvalOptions& o, const EvalGene
   DiffusionEvalResult r;
   r.task = o.task;
   r.has_baseline = o.task == EvalTask::Skeleton && o.skeleton_baseline;
-  if (o.task == EvalTask::Style)
-    for (world::Style s : world::all_styles()) r.per_style.emplace_back(world::name(s), world::Tally());
+  for (world::Style s : world::all_styles()) r.per_style.emplace_back(world::name(s), world::Tally());
   if (o.task == EvalTask::TextToImage)
     for (const char* g : {"seen templates", "unseen templates", "1 object", "2 objects", "3 objects", "with a figure",
                           "no figure"})
@@ -346,7 +362,8 @@ DiffusionEvalResult eval_diffusion(const DiffusionEvalOptions& o, const EvalGene
     if (o.task == EvalTask::ImagePromptText) change = score_change(it, analyzed);
     r.score += sc;
     r.change += change;
-    if (o.task == EvalTask::Style) r.per_style[static_cast<size_t>(i) % r.per_style.size()].second += sc.style;
+    // Styles are all_styles()' order; a task that does not score the style adds nothing.
+    r.per_style[static_cast<size_t>(it.target.style)].second += sc.style;
     if (r.has_baseline) {
       const Image base = generate_image(it, true);
       r.baseline += score_item(it, world::analyze_image(base));

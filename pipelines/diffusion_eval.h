@@ -72,7 +72,9 @@ struct DiffusionEvalResult {
   world::SceneScore baseline;  // skeleton: the same prompts and seeds without the adapter
   bool has_baseline = false;
   world::Tally change;         // ip-text: the text's change honoured
-  std::vector<std::pair<std::string, world::Tally>> per_style;  // style: recognition per style
+  // Style recognition per requested style (all_styles()' order), wherever the task scores the
+  // style: style, t2i prompts that name one, ip and vae (which score everything).
+  std::vector<std::pair<std::string, world::Tally>> per_style;
   // t2i: the headline split by what the prompt is like — seen / unseen caption templates,
   // 1 / 2 / 3 objects named, a stick figure or not (where a weak model loses its attributes).
   std::vector<std::pair<std::string, world::Tally>> per_group;

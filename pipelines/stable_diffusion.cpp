@@ -31,6 +31,20 @@ void GenerationParams::validate(int64_t scale) const {
     bad("skeleton camera distance must be >= 0 (0: the file's camera)");
 }
 
+int native_image_size(const SdModel& model) {
+  return static_cast<int>(model.unet->config().sample_size * model.vae->config().scale());
+}
+
+GenerationParams with_native_size(const SdModel& model, GenerationParams p) {
+  if (p.width == 0 || p.height == 0) {
+    if (!model.unet || !model.vae) throw ConfigError("size 0 (the model's native size) needs a model with its UNet and VAE");
+    const int side = native_image_size(model);
+    if (p.width == 0) p.width = side;
+    if (p.height == 0) p.height = side;
+  }
+  return p;
+}
+
 ImagePrompt load_image_prompt(const std::string& path, double scale, const std::string& preset) {
   ImagePrompt ip;
   ip.image = load_image(path);
@@ -133,10 +147,11 @@ NoiseSource BatchNoise::source() {
   return [this](const at::Tensor& like) { return (*this)(like); };
 }
 
-std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& p, const GenerationCallbacks& cb) {
+std::vector<GeneratedImage> generate(SdModel& model, const GenerationParams& params, const GenerationCallbacks& cb) {
   if (!model.text_encoder || !model.unet || !model.vae)
     throw ConfigError(model.source + ": this model's parts were released after a previous generation "
                       "(release_after_use); load it again");
+  const GenerationParams p = with_native_size(model, params);
   const int64_t scale = model.vae->config().scale();
   p.validate(scale);
   torch::NoGradGuard no_grad;

@@ -35,7 +35,9 @@ struct GenerationParams {
   int steps = 25;
   double cfg_scale = 7.5;           // <= 1 disables classifier-free guidance
   uint64_t seed = 0;                // image i of a batch uses seed + i
-  int width = 512, height = 512;
+  // 0: the model's native size (the UNet's sample_size times the VAE's factor, as diffusers
+  // does): 512 for SD 1.5, 64 for the starter pack.
+  int width = 0, height = 0;
   int batch = 1;
   std::optional<Image> init_image;  // image-to-image when set
   std::string init_image_name;      // for the metadata
@@ -57,6 +59,12 @@ struct GenerationParams {
   // Throws ConfigError naming the bad value (size not a multiple of `scale`, steps 0, ...).
   void validate(int64_t scale) const;
 };
+
+// The image side a model was trained at: UNet sample_size x VAE downsampling factor.
+int native_image_size(const SdModel& model);
+// `p` with a width or height of 0 set to the model's native size (what generate() renders, and
+// what the metadata of its images should say).
+GenerationParams with_native_size(const SdModel& model, GenerationParams p);
 
 struct GeneratedImage {
   Image image;

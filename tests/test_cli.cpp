@@ -126,7 +126,15 @@ TEST(Cli, RenderWritesPngWithParametersAndIsDeterministic) {
   EXPECT_EQ(slurp(a), slurp(b));  // same seed and settings: the same PNG, byte for byte
   EXPECT_NE(slurp(a).find("Steps: 2, Sampler: Euler a, CFG scale: 7.5, Seed: 5, Size: 32x32"), std::string::npos);
 
+  // No --size: the model's native size (its UNet sample_size 8 x VAE factor 2), named in the PNG.
+  const std::string c = (iris::testing_util::scratch_dir() / "c.png").string();
+  CliRun native = run_iris("render --model " + dir + " -p \"a blue square\" --steps 1 --seed 5 -o " + c);
+  ASSERT_EQ(native.code, 0) << native.err;
+  EXPECT_EQ(iris::load_image(c).width, 16);
+  EXPECT_NE(slurp(c).find("Size: 16x16"), std::string::npos);
+
   expect_clean_error(run_iris("render --model " + dir + " -p x --size 31x32 -o " + a), "multiple of");
+  expect_clean_error(run_iris("render --model " + dir + " -p x --size 0x32 -o " + a), "--size");
   expect_clean_error(run_iris("render --model " + dir + " -p x --steps 0 -o " + a), "steps 0");
   expect_clean_error(run_iris("render --model " + dir + " -p x --size big -o " + a), "--size");
   expect_clean_error(run_iris("render --model /nonexistent -p x -o " + a), "/nonexistent");

@@ -268,6 +268,16 @@ TEST(DiffusionEval, TextToImageSplitsItsHeadlineByTemplateObjectsAndFigure) {
   EXPECT_GT(by_objects, all.total / 2);
   const std::string table = format_eval_table(r);
   EXPECT_NE(table.find("unseen templates"), std::string::npos) << table;
+  // Prompts that name a style are tallied by the style they name, and add up to the style row.
+  ASSERT_EQ(r.per_style.size(), 4u);
+  int styled = 0, styled_right = 0;
+  for (const auto& [name, t] : r.per_style) {
+    styled += t.total;
+    styled_right += t.correct;
+  }
+  EXPECT_EQ(styled, r.score.style.total);
+  EXPECT_EQ(styled_right, r.score.style.correct);
+  EXPECT_GT(styled, 0) << "no prompt of 24 named a style";
   // Other tasks have no such split.
   EXPECT_TRUE(eval_diffusion(options(EvalTask::ImagePrompt, 2), render_target).per_group.empty());
 }

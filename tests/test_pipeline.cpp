@@ -49,6 +49,24 @@ TEST(Pipeline, SameSeedSamePixels) {
   }
 }
 
+TEST(Pipeline, SizeZeroIsTheModelsNativeSize) {
+  // As diffusers: no size means the UNet's sample_size times the VAE factor (8 x 2 here).
+  SdModel& model = tiny_model();
+  ASSERT_EQ(native_image_size(model), 16);
+  GenerationParams p = small_params();
+  p.width = p.height = 0;
+  EXPECT_EQ(GenerationParams().width, 0);
+  const GeneratedImage g = generate(model, p).at(0);
+  EXPECT_EQ(g.image.width, 16);
+  EXPECT_EQ(g.image.height, 16);
+  p.height = 24;  // each side on its own
+  const GenerationParams sized = with_native_size(model, p);
+  EXPECT_EQ(sized.width, 16);
+  EXPECT_EQ(sized.height, 24);
+  EXPECT_EQ(generate(model, p).at(0).image.height, 24);
+  EXPECT_NE(generation_metadata(sized, 11).at(0).second.find("Size: 16x24"), std::string::npos);
+}
+
 TEST(Pipeline, BatchSeedsAndProgress) {
   GenerationParams p = small_params();
   p.batch = 2;

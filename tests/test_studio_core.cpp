@@ -114,10 +114,15 @@ TEST(StudioSettings, SetParsesByFieldType) {
   EXPECT_THROW(s.set("steps", "0"), ConfigError);
   EXPECT_THROW(s.set("size", "100x64"), ConfigError);  // not a multiple of 8
   EXPECT_THROW(s.set("size", "big"), ConfigError);
+  EXPECT_THROW(s.set("size", "0x64"), ConfigError);  // one side the model's, one not
   EXPECT_THROW(s.set("karras", "maybe"), ConfigError);
   EXPECT_THROW(s.set("no_such_key", "1"), ConfigError);
   EXPECT_THROW(s.set("sampler", "plms"), ConfigError);
   EXPECT_EQ(s.to_json(), before);  // failed sets change nothing
+  s.set("size", "auto");  // the model's native size, resolved when it renders
+  EXPECT_EQ(s.width, 0);
+  EXPECT_EQ(s.height, 0);
+  EXPECT_EQ(StudioSettings().width, 0);  // the default: a 64 px pack is not asked for 512 px
 }
 
 TEST(StudioSettings, DefaultPathFollowsEnvironment) {

@@ -134,8 +134,11 @@ void StudioSettings::validate(const std::string& what) const {
   if (steps < 1 || steps > 1000) bad("steps", std::to_string(steps), "is outside [1, 1000]");
   if (!(cfg >= 0 && cfg <= 100)) bad("cfg", std::to_string(cfg), "is outside [0, 100]");
   if (seed < 0) bad("seed", std::to_string(seed), "is negative");
+  if ((width == 0) != (height == 0))
+    bad("size", std::to_string(width) + "x" + std::to_string(height), "sets one side only (0x0: the model's size)");
   for (auto [key, v] : {std::pair<const char*, int>{"width", width}, {"height", height}})
-    if (v < 8 || v > 4096 || v % 8 != 0) bad(key, std::to_string(v), "is not a multiple of 8 in [8, 4096]");
+    if (v != 0 && (v < 8 || v > 4096 || v % 8 != 0))
+      bad(key, std::to_string(v), "is not a multiple of 8 in [8, 4096] (or 0: the model's size)");
   if (batch < 1 || batch > 64) bad("batch", std::to_string(batch), "is outside [1, 64]");
   if (!(strength > 0 && strength <= 1)) bad("strength", std::to_string(strength), "is outside (0, 1]");
   for (size_t i = 0; i < image_prompts.size(); ++i) {
@@ -184,10 +187,11 @@ std::vector<int64_t> parse_sink_dims(const std::string& text, const std::string&
 }
 
 std::pair<int, int> parse_size(const std::string& text, const std::string& what) {
+  if (text == "auto") return {0, 0};  // the model's native size
   int w = 0, h = 0;
   char x = 0, extra = 0;
   if (std::sscanf(text.c_str(), "%d%c%d%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X'))
-    throw ConfigError(what + ": \"" + text + "\": expected WIDTHxHEIGHT, e.g. 512x512");
+    throw ConfigError(what + ": \"" + text + "\": expected WIDTHxHEIGHT (e.g. 512x512) or auto");
   return {w, h};
 }
 

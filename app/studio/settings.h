@@ -32,7 +32,7 @@ struct StudioSettings {
   double cfg = 7.5;
   bool random_seed = true;      // a fresh seed per Generate press
   int64_t seed = 0;             // used when !random_seed
-  int width = 512, height = 512;
+  int width = 0, height = 0;     // 0x0: the model's native size
   int batch = 1;
   bool use_init = false;
   std::string init_image;

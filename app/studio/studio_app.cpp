@@ -443,10 +443,19 @@ void StudioApp::draw_generate_controls() {
     ImGui::BeginDisabled(last_seed_ == 0 && results_.empty());
     if (ImGui::Button("reuse")) press("reuse_seed");
     ImGui::EndDisabled();
-    int size[2] = {s_.width, s_.height};
-    if (ImGui::InputInt2("size", size)) {
-      s_.width = std::clamp(size[0] / 8 * 8, 8, 4096);
-      s_.height = std::clamp(size[1] / 8 * 8, 8, 4096);
+    bool model_size = s_.width == 0;
+    if (ImGui::Checkbox("model's size", &model_size)) {
+      s_.width = s_.height = model_size ? 0 : 512;
+    }
+    if (ImGui::IsItemHovered()) ImGui::SetTooltip("the size the model was trained at (512 for SD 1.5, 64 for the starter pack)");
+    if (!model_size) {
+      ImGui::SameLine();
+      int size[2] = {s_.width, s_.height};
+      ImGui::SetNextItemWidth(-60);
+      if (ImGui::InputInt2("size", size)) {
+        s_.width = std::clamp(size[0] / 8 * 8, 8, 4096);
+        s_.height = std::clamp(size[1] / 8 * 8, 8, 4096);
+      }
     }
     ImGui::SliderInt("batch", &s_.batch, 1, 8);
   }
@@ -587,7 +596,7 @@ void StudioApp::draw_result_viewer() {
   if (tex.valid()) {
     // Preview textures are latent-sized: show them at the result's size.
     int w = tex.width(), h = tex.height();
-    if (&tex == &preview_tex_) w = s_.width, h = s_.height;
+    if (&tex == &preview_tex_ && s_.width > 0) w = s_.width, h = s_.height;
     const ImVec2 size = fit(w, h, avail.x, std::max(64.0f, avail.y - text_h));
     const ImVec2 pos = ImGui::GetCursorScreenPos();
     ImGui::Image(tex.imgui_id(), size);
@@ -706,7 +715,7 @@ void StudioApp::draw_skeleton_tab() {
   ImGui::BeginChild("skeleton_canvas", ImVec2(0, 0), true, ImGuiWindowFlags_NoScrollbar);
   const ImVec2 avail = ImGui::GetContentRegionAvail();
   const float side = std::max(64.0f, std::min(avail.x, avail.y));
-  const ImVec2 size = fit(s_.width, s_.height, side, side);
+  const ImVec2 size = s_.width > 0 ? fit(s_.width, s_.height, side, side) : ImVec2(side, side);
   const ImVec2 pos = ImGui::GetCursorScreenPos();
   ImDrawList* dl = ImGui::GetWindowDrawList();
   if (result_tex_.valid()) dl->AddImage(result_tex_.imgui_id(), pos, ImVec2(pos.x + size.x, pos.y + size.y), ImVec2(0, 0),

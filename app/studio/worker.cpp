@@ -203,8 +203,8 @@ void GenerationWorker::run(GenerationJob job) {
     };
     std::vector<GeneratedImage> images = generate(*model_, job.params, cb);
 
-    // The saved parameters keep names, not pixels.
-    GenerationParams meta = job.params;
+    // The saved parameters keep names, not pixels, and the size rendered (0x0: the model's).
+    GenerationParams meta = with_native_size(*model_, job.params);
     meta.init_image.reset();
     for (ImagePrompt& ip : meta.image_prompts) ip.image = Image();
     const bool has_init = job.params.init_image.has_value();
