@@ -81,6 +81,7 @@ struct Run {
   std::string name;
   double seconds = 0;  // decode (after prefill) summed over prompts
   int64_t tokens = 0, cycles = 0, accepted = 0, target_forwards = 0;
+  double draft_ms = 0, verify_ms = 0, catchup_ms = 0;  // speculative runs: decode time by phase
   std::vector<std::vector<int64_t>> outputs;
   double tok_s() const { return seconds > 0 ? (tokens - static_cast<int64_t>(outputs.size())) / seconds : 0; }
 };
@@ -100,6 +101,9 @@ void add_spec(Run& r, LlamaForCausalLM& target, VispecDraft& draft, const Prompt
   r.cycles += out.stats.cycles;
   r.accepted += out.stats.accepted;
   r.target_forwards += out.stats.target_forwards;
+  r.draft_ms += out.stats.draft_ms;
+  r.verify_ms += out.stats.verify_ms;
+  r.catchup_ms += out.stats.catchup_ms;
   r.outputs.push_back(out.result.tokens);
 }
 
@@ -110,6 +114,12 @@ void report(const Run& r, const Run& plain) {
                 r.tok_s() / plain.tok_s(), r.cycles ? static_cast<double>(r.accepted) / r.cycles : 0.0,
                 static_cast<long long>(r.cycles), static_cast<long long>(r.target_forwards),
                 static_cast<long long>(plain.target_forwards), r.outputs == plain.outputs ? "identical" : "DIFFERS");
+    // Where a cycle's time goes (per cycle, microseconds): what a speedup has to beat.
+    const double per = r.cycles ? 1000.0 / static_cast<double>(r.cycles) : 0.0;
+    const double rest = r.seconds * 1000.0 - r.draft_ms - r.verify_ms - r.catchup_ms;
+    std::printf("\n%-28s per cycle: draft %.0f us, verify %.0f us, catch-up %.0f us, other %.0f us;"
+                " plain: %.0f us per token", "", r.draft_ms * per, r.verify_ms * per, r.catchup_ms * per, rest * per,
+                plain.tok_s() > 0 ? 1e6 / plain.tok_s() : 0.0);
   }
   std::printf("\n");
 }

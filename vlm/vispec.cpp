@@ -605,7 +605,10 @@ SpeculativeResult speculative_generate(LlamaForCausalLM& target, VispecDraft& dr
       break;
     }
     // ---- draft, verify ----
+    auto phase = Clock::now();
     const TokenTree tree = draft_tree(draft, ds, root, root_pos, to, stats.draft_forwards);
+    stats.draft_ms += ms_since(phase);
+    phase = Clock::now();
     const int64_t n = static_cast<int64_t>(tree.tokens.size());
     LlamaInput vin;
     vin.input_ids = at::tensor(tree.tokens, at::TensorOptions().dtype(at::kLong)).view({1, n});
@@ -615,6 +618,7 @@ SpeculativeResult speculative_generate(LlamaForCausalLM& target, VispecDraft& dr
     const LlamaOutput ver = target->forward(vin, &tcache, {});  // logits [1, n, V], hidden [1, n, H]
     ++stats.target_forwards;
     ++stats.cycles;
+    stats.verify_ms += ms_since(phase);
     const at::Tensor lg = ver.logits.select(0, 0);
     const TreeVerdict verdict =
         greedy ? greedy_accept_tree(tree, lg)
@@ -635,6 +639,7 @@ SpeculativeResult speculative_generate(LlamaForCausalLM& target, VispecDraft& dr
     if (!go) break;
 
     // ---- the draft catches up on the target's hidden states of the accepted path ----
+    phase = Clock::now();
     const at::Tensor path = at::tensor(verdict.path, at::TensorOptions().dtype(at::kLong)).to(ver.last_hidden_state.device());
     const at::Tensor hid = ver.last_hidden_state.index_select(1, path);  // [1, m, H]
     const at::Tensor ids = at::tensor(next_tokens, at::TensorOptions().dtype(at::kLong)).view({1, m});
@@ -643,6 +648,7 @@ SpeculativeResult speculative_generate(LlamaForCausalLM& target, VispecDraft& dr
     ++stats.draft_forwards;
     ds.last = o.narrow(1, m - 1, 1);
     root = verdict.next_token;
+    stats.catchup_ms += ms_since(phase);
   }
   stats.decode_ms = ms_since(t1);
   r.prefill_ms = stats.prefill_ms;

@@ -174,6 +174,10 @@ struct SpeculativeStats {
   int64_t target_forwards = 0;  // prefill + one verification per cycle
   int64_t draft_forwards = 0;
   double prefill_ms = 0, decode_ms = 0;
+  // decode_ms split by phase: drafting (draft passes, top-k, tree building), the target's
+  // verification pass, and the draft catching up on the accepted path; the rest of decode_ms
+  // is acceptance, cache bookkeeping and the token callback.
+  double draft_ms = 0, verify_ms = 0, catchup_ms = 0;
   double tau() const { return cycles ? static_cast<double>(accepted) / cycles : 0.0; }
 };
 
