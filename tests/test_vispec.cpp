@@ -197,6 +197,10 @@ void expect_lossless(const DraftTreeOptions& tree, bool with_image, int prompts,
     ASSERT_EQ(spec.result.tokens, plain.tokens) << "prompt " << i;
     ASSERT_EQ(streamed, plain.tokens);
     EXPECT_EQ(spec.stats.target_forwards, spec.stats.cycles + 1);
+    // The phases are parts of the decode time (drafting and verification run in every cycle).
+    const SpeculativeStats& st = spec.stats;
+    EXPECT_LE(st.draft_ms + st.verify_ms + st.catchup_ms, st.decode_ms * 1.0001 + 1e-6);
+    if (st.cycles > 0) EXPECT_GT(st.verify_ms, 0.0);
     cycles += spec.stats.cycles;
     accepted += spec.stats.accepted;
   }
