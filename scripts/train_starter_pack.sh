@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the starter pack's image half from scratch with fixed seeds, on 2 CPU cores:
 #
-#   scripts/train_starter_pack.sh                 # -> assets/starter/ (about 5 hours on 2 cores; README "The starter pack")
+#   scripts/train_starter_pack.sh                 # -> assets/starter/ (about 6.5 hours on 2 cores; README "The starter pack")
 #
 # Stages (each prints step, loss, it/s and ETA; each resumes from its checkpoint folder in
 # $WORK, so rerunning the command after an interruption continues where it stopped, and a
@@ -187,7 +187,7 @@ stage unet-continue unet_segments $UNET_CONTINUE
 # and text encoder it starts from (or restores them, when it is redone), so a rerun starts
 # from the same weights.
 JOINT_IMAGES=${JOINT_IMAGES:-30000}
-UNET_JOINT=${UNET_JOINT:-"data:1000:2e-4 data-joint:4000:2e-4"}
+UNET_JOINT=${UNET_JOINT:-"data:1000:2e-4 data-joint:4000:2e-4 data-joint:8000:2e-4"}
 unet_joint_runs() {
   local run i=0 data steps lr
   if [ -d "$WORK/pre-joint" ]; then
