@@ -7,23 +7,13 @@
 #include "app/progress_bar.h"
 #include "core/error.h"
 #include "core/runtime.h"
+#include "pipelines/image_size.h"
 #include "pipelines/random_model.h"
 #include "pipelines/stable_diffusion.h"
 
 namespace iris::cli {
 
 namespace {
-
-// "auto": the model's native size (0x0, resolved once the model is loaded).
-std::pair<int, int> parse_size(const std::string& s) {
-  if (s == "auto") return {0, 0};
-  int w = 0, h = 0;
-  char x = 0, extra = 0;
-  if (std::sscanf(s.c_str(), "%d%c%d%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X'))
-    throw ConfigError("--size \"" + s + "\": expected WIDTHxHEIGHT (e.g. 512x512) or auto");
-  if (w <= 0 || h <= 0) throw ConfigError("--size \"" + s + "\": width and height must be positive");
-  return {w, h};
-}
 
 // out.png -> out.png for one image, out-<seed>.png for several.
 std::string output_name(const std::string& out, uint64_t seed, bool several) {
@@ -72,7 +62,7 @@ void add_render_command(CLI::App& app) {
   cmd->callback([o] {
     set_threads(o->m.threads);
     GenerationParams p = o->p;
-    std::tie(p.width, p.height) = parse_size(o->size);
+    std::tie(p.width, p.height) = parse_image_size(o->size, "--size");
     if (o->seed < 0) p.seed = std::random_device{}() & 0x7fffffff;
     else p.seed = static_cast<uint64_t>(o->seed);
     if (!o->init.empty()) {

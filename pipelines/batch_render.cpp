@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/image.h"
 #include "core/mmap_file.h"
+#include "pipelines/image_size.h"
 #include "world/skeleton.h"
 
 namespace iris {
@@ -48,14 +49,6 @@ std::string resolve(const std::string& base_dir, const std::string& p) {
 void require_file(const std::string& path, const std::string& key, const std::string& what) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) throw IoError(what + ": \"" + key + "\": " + path + ": no such file");
-}
-
-std::pair<int, int> parse_size_text(const std::string& s, const std::string& what) {
-  int w = 0, h = 0;
-  char x = 0, extra = 0;
-  if (std::sscanf(s.c_str(), "%d%c%d%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X'))
-    throw ConfigError(what + ": \"size\": \"" + s + "\": expected WIDTHxHEIGHT, e.g. 512x512");
-  return {w, h};
 }
 
 // The manifest line of one finished image: a function of the job alone (no times, no host), so
@@ -109,7 +102,7 @@ BatchJob parse_batch_job(const Json& j, int line, const std::string& base_dir, c
   p.cfg_scale = json_number(j, "cfg", p.cfg_scale, what);
   if (j.contains("size")) {
     if (j.contains("width") || j.contains("height")) throw ConfigError(what + ": give \"size\" or \"width\"/\"height\", not both");
-    std::tie(p.width, p.height) = parse_size_text(json_string(j, "size", "", what), what);
+    std::tie(p.width, p.height) = parse_image_size(json_string(j, "size", "", what), what + ": \"size\"");
   } else {
     p.width = static_cast<int>(std::clamp<int64_t>(json_int(j, "width", p.width, what), -1, 1 << 20));
     p.height = static_cast<int>(std::clamp<int64_t>(json_int(j, "height", p.height, what), -1, 1 << 20));
@@ -158,8 +151,8 @@ BatchJob parse_batch_job(const Json& j, int line, const std::string& base_dir, c
   // model's VAE factor when the job runs.
   GenerationParams probe = p;
   if (!job.init_path.empty()) probe.init_image = Image(8, 8, 3);  // validate() only looks at presence
-  if (!j.contains("size") && !j.contains("width")) probe.width = 8;    // 0: the model's native size
-  if (!j.contains("size") && !j.contains("height")) probe.height = 8;
+  if (probe.width == 0) probe.width = 8;  // 0 (no size, or "auto"): the model's native size
+  if (probe.height == 0) probe.height = 8;
   try {
     probe.validate(8);
   } catch (const ConfigError& e) {

@@ -7,7 +7,7 @@
 //    "count": 2, "init": "img.png", "strength": 0.6,
 //    "image_prompts": [{"image": "ref.png", "scale": 0.8, "preset": "style"}],
 //    "style": "outlined", "style_strength": 1.0, "skeleton": "pose.json", "skeleton_scale": 1.0}
-// Without a size: the model's native size (512x512 for SD 1.5, 64x64 for the starter pack).
+// Without a size (or with "size": "auto"): the model's native size (512x512 for SD 1.5, 64x64 for the starter pack).
 // Only "prompt" is required. Paths are relative to the jobs file's folder. Unknown keys are
 // errors (a typo must not silently render something else). Without "id" a job is "line<N>";
 // without "seed" its seed is derived from its id, so a job renders the same on every run.

@@ -106,6 +106,27 @@ TEST(BatchFile, BadLinesAreReportedByNumberAndGoodLinesKept) {
   EXPECT_THROW(read_batch_file((testing_util::scratch_dir() / "nope.jsonl").string()), IoError);
 }
 
+TEST(BatchFile, NoSizeOrAutoIsTheModelsNativeSize) {
+  // 0x0 is resolved when the job renders (with_native_size); a bad size is refused on its line.
+  const std::string path = write_text("sizes.jsonl",
+                                      "{\"prompt\": \"a\"}\n"
+                                      "{\"prompt\": \"b\", \"size\": \"auto\"}\n"
+                                      "{\"prompt\": \"c\", \"size\": \"96x64\"}\n"
+                                      "{\"prompt\": \"d\", \"size\": \"0x64\"}\n"
+                                      "{\"prompt\": \"e\", \"size\": \"wide\"}\n");
+  const BatchFile f = read_batch_file(path);
+  ASSERT_EQ(f.jobs.size(), 3u);
+  for (size_t i : {0, 1}) {
+    EXPECT_EQ(f.jobs[i].params.width, 0);
+    EXPECT_EQ(f.jobs[i].params.height, 0);
+  }
+  EXPECT_EQ(f.jobs[2].params.width, 96);
+  EXPECT_EQ(f.jobs[2].params.height, 64);
+  ASSERT_EQ(f.errors.size(), 2u);
+  EXPECT_NE(f.errors[0].message.find("0x64"), std::string::npos) << f.errors[0].message;
+  EXPECT_NE(f.errors[1].message.find("wide"), std::string::npos) << f.errors[1].message;
+}
+
 TEST(BatchFile, SeedWithoutSeedKeyIsStableAndPerId) {
   const std::string a = write_text("a.jsonl", "{\"id\": \"x\", \"prompt\": \"p\"}\n{\"id\": \"y\", \"prompt\": \"p\"}\n");
   BatchFile f1 = read_batch_file(a), f2 = read_batch_file(a);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "core/error.h"
+#include "pipelines/image_size.h"
 #include "pipelines/random_model.h"
 #include "pipelines/stable_diffusion.h"
 #include "tests/test_util.h"
@@ -65,6 +66,25 @@ TEST(Pipeline, SizeZeroIsTheModelsNativeSize) {
   EXPECT_EQ(sized.height, 24);
   EXPECT_EQ(generate(model, p).at(0).image.height, 24);
   EXPECT_NE(generation_metadata(sized, 11).at(0).second.find("Size: 16x24"), std::string::npos);
+  // A model whose parts were released cannot say its size.
+  SdModel released = model;
+  released.unet = nullptr;
+  EXPECT_THROW(with_native_size(released, p), ConfigError);
+  EXPECT_EQ(with_native_size(released, small_params()).width, 32);  // nothing to resolve
+}
+
+TEST(Pipeline, ImageSizeText) {
+  EXPECT_EQ(parse_image_size("auto", "--size"), std::make_pair(0, 0));
+  EXPECT_EQ(parse_image_size("96x64", "--size"), std::make_pair(96, 64));
+  EXPECT_EQ(parse_size_text("96X64", "--size"), std::make_pair(96, 64));
+  for (const char* bad : {"0x64", "-8x8", "big", "64x", "64x64x3", ""})
+    try {
+      parse_image_size(bad, "--size");
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--size"), std::string::npos) << e.what();
+    }
+  EXPECT_THROW(parse_size_text("auto", "--size"), ConfigError);  // a window has no native size
 }
 
 TEST(Pipeline, BatchSeedsAndProgress) {

@@ -17,6 +17,7 @@
 #include "app/studio/studio_app.h"
 #include "core/error.h"
 #include "core/runtime_env.h"
+#include "pipelines/image_size.h"
 
 namespace {
 
@@ -51,7 +52,7 @@ int run(const Options& o) {
     runner = std::make_unique<ScriptRunner>(std::move(commands), o.script.empty() ? "script" : o.script, o.screenshot);
   }
   int width = settings.window_width, height = settings.window_height;
-  if (!o.size.empty()) std::tie(width, height) = parse_size(o.size, "--size");
+  if (!o.size.empty()) std::tie(width, height) = iris::parse_size_text(o.size, "--size");
   else if (scripted) width = 1280, height = 800;  // screenshots do not depend on the user's window
 
   glfwSetErrorCallback(on_glfw_error);

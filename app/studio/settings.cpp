@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/mmap_file.h"
+#include "pipelines/image_size.h"
 
 namespace iris::studio {
 
@@ -186,20 +187,11 @@ std::vector<int64_t> parse_sink_dims(const std::string& text, const std::string&
   return dims;
 }
 
-std::pair<int, int> parse_size(const std::string& text, const std::string& what) {
-  if (text == "auto") return {0, 0};  // the model's native size
-  int w = 0, h = 0;
-  char x = 0, extra = 0;
-  if (std::sscanf(text.c_str(), "%d%c%d%c", &w, &x, &h, &extra) != 3 || (x != 'x' && x != 'X'))
-    throw ConfigError(what + ": \"" + text + "\": expected WIDTHxHEIGHT (e.g. 512x512) or auto");
-  return {w, h};
-}
-
 void StudioSettings::set(const std::string& key, const std::string& value) {
   const std::string what = "set " + key;
   Json j = to_json();
   if (key == "size") {
-    auto [w, h] = parse_size(value, what);
+    auto [w, h] = parse_image_size(value, what);  // auto: the model's size
     j["width"] = w;
     j["height"] = h;
   } else if (!j.contains(key) || key == "image_prompts") {

@@ -95,8 +95,6 @@ StudioSettings load_settings(const std::string& path);
 // Writes atomically (temporary file + rename), creating the folder. IoError on failure.
 void save_settings(const std::string& path, const StudioSettings& s);
 
-// "512x768" -> (512, 768). ConfigError naming `what` otherwise.
-std::pair<int, int> parse_size(const std::string& text, const std::string& what);
 // "47, 252" -> {47, 252} ("" -> {}); ConfigError naming `what` on anything else.
 std::vector<int64_t> parse_sink_dims(const std::string& text, const std::string& what);
 
