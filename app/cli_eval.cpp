@@ -54,7 +54,7 @@ void add_eval_diffusion_command(CLI::App& app) {
     SdModelCliOptions m;
     std::string task = "t2i", sheet, json;
     DiffusionEvalOptions e;
-    bool verbose = false, no_baseline = false;
+    bool verbose = false, no_baseline = false, unnamed_pose = false;
   };
   auto o = std::make_shared<Opts>();
   add_sd_model_options(cmd, o->m);
@@ -78,6 +78,8 @@ void add_eval_diffusion_command(CLI::App& app) {
   cmd->add_option("--style-strength", o->e.style_strength, "Style strength")->capture_default_str();
   cmd->add_option("--skeleton-scale", o->e.skeleton_scale, "Skeleton stream scale")->capture_default_str();
   cmd->add_flag("--no-baseline", o->no_baseline, "skeleton: skip the same prompts without the adapter");
+  cmd->add_flag("--unnamed-pose", o->unnamed_pose,
+                "skeleton: prompts name the figure's colour and side but not its pose (the skeleton alone sets it)");
   cmd->add_option("--contact-sheet", o->sheet, "Write the images as a grid PNG (prompts in its text)");
   cmd->add_option("--json", o->json, "Write every figure (and per-prompt scores) as JSON");
   cmd->add_flag("-v,--verbose", o->verbose, "One line per prompt");
@@ -86,6 +88,9 @@ void add_eval_diffusion_command(CLI::App& app) {
     DiffusionEvalOptions e = o->e;
     e.task = parse_eval_task(o->task);
     e.skeleton_baseline = !o->no_baseline;
+    e.pose_in_prompt = !o->unnamed_pose;
+    if (o->unnamed_pose && e.task != EvalTask::Skeleton)
+      throw ConfigError("--unnamed-pose applies to --task skeleton only, not " + o->task);
     check_adapter_option(e.task, o->m);
     SdModel model = SdModel::load(o->m.model, o->m.load_options());
     ProgressBar bar;

@@ -39,6 +39,10 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
     cmd->add_option("--limb-weight", o->limb_weight,
                     "Extra loss weight on latent cells under the figure's limbs (0: plain MSE)")
         ->capture_default_str();
+  if (kind != AdapterKind::Skeleton)
+    cmd->add_option("--object-weight", o->object_weight,
+                    "Extra loss weight on latent cells covering the scene's objects and figure (0: plain MSE)")
+        ->capture_default_str();
   cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between checkpoints (0: at the end)")
       ->capture_default_str();
   cmd->add_option("--log-every", o->log_every, "Steps between progress lines")->capture_default_str();

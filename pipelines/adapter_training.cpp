@@ -55,6 +55,9 @@ void AdapterTrainOptions::validate() const {
   if (checkpoint_every < 0 || log_every < 0) bad("--checkpoint-every and --log-every must be >= 0");
   if (!(limb_weight >= 0) || !std::isfinite(limb_weight)) bad("--limb-weight must be >= 0");
   if (limb_weight > 0 && kind != AdapterKind::Skeleton) bad("--limb-weight applies to sk-adapter training only");
+  if (!(object_weight >= 0) || !std::isfinite(object_weight)) bad("--object-weight must be >= 0");
+  if (object_weight > 0 && kind == AdapterKind::Skeleton)
+    bad("--object-weight applies to ip-adapter and style training (sk-adapter: --limb-weight)");
   if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
 }
 
@@ -67,7 +70,7 @@ struct TrainSample {
   at::Tensor image_embeds;  // [D_img] (IP-Adapter), [1 + N, D] penultimate patch features (Plus)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
-  at::Tensor loss_weight;   // [1, h, w] (skeleton with a limb weight), else undefined
+  at::Tensor loss_weight;   // [1, h, w] with a limb or object weight, else undefined
 };
 
 // [1, h, w]: 1 + weight where the pose map of `s` at the image's size draws a limb or joint in
@@ -84,6 +87,15 @@ at::Tensor limb_loss_weight(const world::Skeleton& s, int image_size, int64_t h,
                          .view({1, 1, map.height, map.width});
   drawn = std::get<0>(at::adaptive_max_pool2d(drawn, {h, w}));  // any limb pixel in the cell
   return (1.0 + weight * drawn).view({1, h, w}).to(device);
+}
+
+// [1, h, w]: 1 + weight where an object or the figure of `s` covers part of the latent cell.
+at::Tensor object_loss_weight(const world::Scene& s, int64_t h, int64_t w, double weight, c10::Device device) {
+  std::vector<int> owner = world::render_owner_map(s);  // [R * R], -1 = background
+  const int64_t R = s.resolution;
+  at::Tensor covered = at::from_blob(owner.data(), {1, 1, R, R}, at::kInt).ge(0).to(at::kFloat);
+  covered = std::get<0>(at::adaptive_max_pool2d(covered, {h, w}));
+  return (1.0 + weight * covered).view({1, h, w}).to(device);
 }
 
 class AdapterTrainer {
@@ -212,6 +224,8 @@ class AdapterTrainer {
           s.loss_weight = limb_loss_weight(s.skeleton, img.width, s.latents.size(1), s.latents.size(2), o_.limb_weight,
                                            model_.device);
       }
+      if (o_.object_weight > 0)
+        s.loss_weight = object_loss_weight(e.scene, s.latents.size(1), s.latents.size(2), o_.object_weight, model_.device);
       samples_.push_back(std::move(s));
     }
     if (samples_.empty())
@@ -306,7 +320,7 @@ class AdapterTrainer {
     } detach{model_.unet};
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
     const at::Tensor target = prediction_target(prediction_, latents, noise, acp);
-    if (o_.limb_weight <= 0) return at::mse_loss(pred, target);
+    if (o_.limb_weight <= 0 && o_.object_weight <= 0) return at::mse_loss(pred, target);
     std::vector<at::Tensor> w;
     for (int64_t b = 0; b < B; ++b) w.push_back(samples_[idx[b]].loss_weight);
     const at::Tensor weight = at::stack(w);  // [B, 1, h, w], broadcast over channels
@@ -360,6 +374,7 @@ class AdapterTrainer {
             {"styles", styles_}};
     if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
     if (o_.ip_plus) j["plus"] = true;
+    if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
     return j;
   }
 
@@ -369,6 +384,11 @@ class AdapterTrainer {
       if (saved.value(key, Json()) != value)
         throw ConfigError(o_.out + "/checkpoint: \"" + key + "\" was " + saved.value(key, Json()).dump() + ", now " +
                           value.dump() + "; resume with the same settings");
+    // A weight the checkpoint was trained with and this run leaves off (its key is then absent).
+    for (const auto& [key, value] : saved.items())
+      if (!now.contains(key))
+        throw ConfigError(o_.out + "/checkpoint: \"" + key + "\" was " + value.dump() +
+                          ", now off; resume with the same settings");
   }
 
   void save(const Trainer& trainer) {

@@ -62,6 +62,11 @@ struct AdapterTrainOptions {
   // the latent grid) weigh 1 + limb_weight in the loss. A figure's 1-2 pixel limbs are a few
   // percent of the latent, so with a plain MSE the pose barely moves the loss.
   double limb_weight = 0;
+  // IP-Adapter and style only: latent cells covering an object or the stick figure (the scene's
+  // owner map, pooled to the latent grid) weigh 1 + object_weight. Objects are a small part of a
+  // 64 px scene: with a plain MSE the background and style dominate the loss, and an image
+  // prompt's objects (shape, position) are what the adapter learns last.
+  double object_weight = 0;
   // IP-Adapter only: the Plus variant, a resampler over the image encoder's penultimate patch
   // features (16 tokens) instead of one projected image embedding (4 tokens).
   bool ip_plus = false;

@@ -138,6 +138,7 @@ world::DatasetOptions dataset_options(const DiffusionEvalOptions& o) {
   d.split = world::Split::HeldOut;
   d.sampler.resolution = o.resolution;
   if (o.task == EvalTask::Skeleton) d.sampler.figure_probability = 1.0;
+  d.caption.pose = o.pose_in_prompt;
   return d;
 }
 
@@ -482,7 +483,10 @@ Json eval_result_json(const DiffusionEvalResult& r, const DiffusionEvalOptions& 
       j["options"]["ip_preset"] = o.ip_preset;
       break;
     case EvalTask::Style: j["options"]["style_strength"] = o.style_strength; break;
-    case EvalTask::Skeleton: j["options"]["skeleton_scale"] = o.skeleton_scale; break;
+    case EvalTask::Skeleton:
+      j["options"]["skeleton_scale"] = o.skeleton_scale;
+      j["options"]["pose_in_prompt"] = o.pose_in_prompt;
+      break;
     case EvalTask::Autoencoder: break;
   }
   Json head = tally_json(r.headline());

@@ -54,6 +54,10 @@ struct DiffusionEvalOptions {
   double style_strength = 1.0;
   double skeleton_scale = 1.0;
   bool skeleton_baseline = true;  // skeleton: also render every prompt without the adapter
+  // skeleton: the prompts name the figure's pose in words ("raising its left arm"), as the
+  // training captions do. Off, they name its colour and side only, so that the skeleton is the
+  // only source of the pose and the baseline shows what the text model draws without it.
+  bool pose_in_prompt = true;
   std::function<void(const std::string&)> log;  // one line per prompt when set
   Progress progress;                             // one report per prompt ("eval <task>")
 };

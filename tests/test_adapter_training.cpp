@@ -1,6 +1,8 @@
 // Adapter training with the backbone frozen, on a tiny random SD model and a small Tinyworld
 // folder: the loss on fixed samples goes down, the backbone is bit-identical afterwards, a
 // resumed run equals an uninterrupted one, a dropped condition trains nothing, bad options fail.
+#include <functional>
+
 #include <gtest/gtest.h>
 
 #include <torch/utils.h>
@@ -194,6 +196,13 @@ TEST(AdapterTraining, BadOptionsAndData) {
   o = options(AdapterKind::Skeleton, scratch("bad-limb"), 2);
   o.limb_weight = -1;
   expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "--limb-weight");
+  // The object weight: IP-Adapter and style only (sk-adapter has the limb weight), never negative.
+  o = options(AdapterKind::Skeleton, scratch("bad-object"), 2);
+  o.object_weight = 4;
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "--object-weight");
+  o = options(AdapterKind::IpAdapter, scratch("bad-object"), 2);
+  o.object_weight = -1;
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "--object-weight");
   o = options(AdapterKind::Style, scratch("bad-plus"), 2);
   o.ip_plus = true;
   expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "ip-adapter");
@@ -227,21 +236,39 @@ TEST(AdapterTraining, IpAdapterPlusTrainsSavesAndLoadsAsPlus) {
   EXPECT_EQ(generate(with, p).at(0).image.width, 32);
 }
 
-TEST(AdapterTraining, LimbWeightedSkeletonTrainingLowersItsLossAndResumesOnlyWithTheSameWeight) {
-  AdapterTrainOptions o = options(AdapterKind::Skeleton, scratch("limb"), 20);
-  o.limb_weight = 8;
+// A loss weight (`weight` sets it on the options): training with it lowers its loss, is another
+// loss than the plain run's and trains other weights, and a resume must keep the same weight
+// (`key` names it in the checkpoint), including not switching it off.
+namespace {
+void expect_weighted_training(AdapterKind kind, const std::string& tag, const std::string& file,
+                              const std::function<void(AdapterTrainOptions&, double)>& weight, const std::string& key) {
+  AdapterTrainOptions o = options(kind, scratch(tag), 20);
+  weight(o, 8);
   const AdapterTrainResult r = train_adapter(tiny_model(), o, quiet());
   EXPECT_LT(r.eval_loss_after, r.eval_loss_before);
-  // Differently weighted from the plain run: another loss, other weights.
-  const AdapterTrainResult plain = train_adapter(tiny_model(), options(AdapterKind::Skeleton, scratch("limb0"), 20), quiet());
+  const AdapterTrainResult plain = train_adapter(tiny_model(), options(kind, scratch(tag + "0"), 20), quiet());
   EXPECT_NE(r.eval_loss_before, plain.eval_loss_before);
-  EXPECT_FALSE(same_tensors(file_tensors(scratch("limb") + "/sk-adapter.safetensors"),
-                            file_tensors(scratch("limb0") + "/sk-adapter.safetensors")));
+  EXPECT_FALSE(same_tensors(file_tensors(scratch(tag) + "/" + file), file_tensors(scratch(tag + "0") + "/" + file)));
   AdapterTrainOptions again = o;
   again.resume = true;
   again.steps = 22;
-  again.limb_weight = 2;
-  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, "limb_weight");
+  weight(again, 2);
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, key);
+  weight(again, 0);  // off: the key is absent now, but the checkpoint has it
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, key);
+}
+}  // namespace
+
+TEST(AdapterTraining, LimbWeightedSkeletonTrainingLowersItsLossAndResumesOnlyWithTheSameWeight) {
+  expect_weighted_training(AdapterKind::Skeleton, "limb", "sk-adapter.safetensors",
+                           [](AdapterTrainOptions& o, double w) { o.limb_weight = w; }, "limb_weight");
+}
+
+TEST(AdapterTraining, ObjectWeightedIpAndStyleTrainingLowerTheirLossAndResumeOnlyWithTheSameWeight) {
+  expect_weighted_training(AdapterKind::IpAdapter, "object-ip", "ip-adapter.safetensors",
+                           [](AdapterTrainOptions& o, double w) { o.object_weight = w; }, "object_weight");
+  expect_weighted_training(AdapterKind::Style, "object-style", "style-adapter.safetensors",
+                           [](AdapterTrainOptions& o, double w) { o.object_weight = w; }, "object_weight");
 }
 
 // ---- A new style from a folder of images (pipelines/style_training.h) ----------------------

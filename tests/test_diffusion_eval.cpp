@@ -166,6 +166,18 @@ TEST(DiffusionEval, PromptsPerTask) {
     ASSERT_TRUE(p.target.figure.has_value());
     ASSERT_TRUE(p.params.skeleton.has_value());
     EXPECT_EQ(p.reference.width, 64);
+    EXPECT_NE(p.params.prompt.find(" arm"), std::string::npos) << p.params.prompt;
+  }
+  // --unnamed-pose: the same scenes and skeletons, the prompt without the pose words.
+  DiffusionEvalOptions unnamed = sk;
+  unnamed.pose_in_prompt = false;
+  for (uint64_t seed : eval_scene_seeds(sk)) {
+    const EvalPrompt named = make_eval_prompt(sk, 0, seed);
+    const EvalPrompt p = make_eval_prompt(unnamed, 0, seed);
+    EXPECT_EQ(p.params.skeleton->joints.size(), named.params.skeleton->joints.size());
+    EXPECT_EQ(p.params.prompt.find(" arm"), std::string::npos) << p.params.prompt;
+    EXPECT_NE(p.params.prompt.find("stick figure"), std::string::npos) << p.params.prompt;
+    EXPECT_FALSE(p.described.arms);
   }
 }
 

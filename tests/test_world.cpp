@@ -577,6 +577,35 @@ TEST(WorldCaptions, GrammaticalForOneToThreeObjects) {
   EXPECT_EQ(object_phrase({Shape::Triangle, Color::Orange, Size::Large, 4}, false, true), "an orange triangle");
 }
 
+TEST(WorldCaptions, WithoutThePoseOnlyTheFiguresArmsAndLegsAreLeftOut) {
+  SamplerOptions so;
+  so.figure_probability = 1.0;
+  int legs_named = 0;
+  for (int i = 0; i < 100; ++i) {
+    const Scene s = sample_scene(sample_seed(9, i), so);
+    ASSERT_TRUE(s.figure.has_value());
+    Rng a(s.seed), b(s.seed);
+    CaptionOptions named, unnamed;
+    unnamed.pose = false;
+    const Caption with = make_caption(s, a, named);
+    const Caption without = make_caption(s, b, unnamed);
+    EXPECT_TRUE(with.arms);
+    EXPECT_FALSE(without.arms);
+    EXPECT_FALSE(without.legs);
+    EXPECT_TRUE(without.figure && without.figure_color);
+    legs_named += with.legs;
+    for (const char* w : {"arm", "leg"}) EXPECT_EQ(without.text.find(w), std::string::npos) << without.text;
+    // The same draws otherwise: deleting the pose words from the named caption gives the other.
+    EXPECT_EQ(without.template_id, with.template_id);
+    EXPECT_EQ(without.mentions.size(), with.mentions.size());
+    EXPECT_LT(without.text.size(), with.text.size());
+    const std::string figure = std::string(name(s.figure->color)) + " stick figure";
+    EXPECT_NE(without.text.find(figure), std::string::npos) << without.text;
+    EXPECT_EQ(with.text.substr(0, with.text.find(figure)), without.text.substr(0, without.text.find(figure)));
+  }
+  EXPECT_GT(legs_named, 0);
+}
+
 TEST(WorldCaptions, QuestionsHaveAnswersFromTheScene) {
   std::map<std::string, int> kinds, pope;
   for (int i = 0; i < 200; ++i) {

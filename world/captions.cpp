@@ -199,22 +199,26 @@ std::string arms_phrase(ArmPose a, Rng& rng) {
   return "";
 }
 
-// "a green stick figure on the left raising its left arm with its legs apart".
-std::string figure_phrase(const Figure& f, Rng& rng, Caption* cap, bool side_allowed = true) {
+// "a green stick figure on the left raising its left arm with its legs apart"; without the pose
+// "a green stick figure on the left" (the same random draws, so the rest of a caption is unchanged).
+std::string figure_phrase(const Figure& f, Rng& rng, Caption* cap, bool side_allowed = true, bool pose = true) {
   std::string s = std::string(article_for(name(f.color))) + " " + name(f.color) + " stick figure";
   const bool side = side_allowed && rng.chance(0.7);
   if (side) s += f.side == Side::Left ? " on the left" : " on the right";
   const std::string arms = arms_phrase(f.arms, rng);
-  s += " " + arms;
   const bool legs = f.legs == LegPose::Apart ? rng.chance(0.8) : rng.chance(0.3);
-  if (legs) {
-    const bool with_first = arms.rfind("with ", 0) == 0;
-    s += with_first ? " and " : " with ";
-    s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
+  if (pose) {
+    s += " " + arms;
+    if (legs) {
+      const bool with_first = arms.rfind("with ", 0) == 0;
+      s += with_first ? " and " : " with ";
+      s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
+    }
   }
   if (cap) {
-    cap->figure = cap->figure_color = cap->arms = true;
-    cap->legs = legs;
+    cap->figure = cap->figure_color = true;
+    cap->arms = pose;
+    cap->legs = pose && legs;
   }
   return s;
 }
@@ -340,7 +344,7 @@ Caption make_caption(const Scene& scene, Rng& rng, const CaptionOptions& opt) {
     cap.mentions.push_back(m);
   }
   if (scene.figure) {
-    const std::string f = figure_phrase(*scene.figure, rng, &cap);
+    const std::string f = figure_phrase(*scene.figure, rng, &cap, true, opt.pose);
     if (rng.chance(0.5))
       items.insert(items.begin(), f);
     else

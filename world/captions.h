@@ -43,6 +43,10 @@ struct CaptionOptions {
   double style_probability = 0.0;              // append "in the outlined style" etc.
   double size_probability = 0.8;               // per object: state its size
   double position_probability = 0.85;          // per object: state its position
+  // The stick figure's arms and legs in words ("raising its left arm"). Off, the caption names
+  // the figure's colour and side only, and every other word and random draw stays the same: a
+  // pose control (SK-Adapter) is then the only source of the pose.
+  bool pose = true;
 };
 
 struct TemplateInfo {
