@@ -127,6 +127,11 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     if (fs::is_regular_file(pre)) m.image_preprocess = ClipPreprocessConfig::from_json(read_json_file(pre));
     else if (ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
       m.image_preprocess = ClipPreprocessConfig::from_json(ck.part("feature_extractor").config);
+    else {  // no processor config: resize and crop to what the encoder takes (224 for the released ones)
+      const int size = static_cast<int>(m.image_encoder->config().image_size);
+      m.image_preprocess.shortest_edge = size;
+      m.image_preprocess.crop_h = m.image_preprocess.crop_w = size;
+    }
     if (!o.ip_adapter.empty()) m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
   }
   if (!o.style_adapter.empty()) {

@@ -233,3 +233,21 @@ TEST(Pipeline, ImagePromptsThroughTheIpAdapter) {
   SdModel no_ip = SdModel::load(dir.string());
   EXPECT_THROW(generate(no_ip, p), ConfigError);
 }
+
+TEST(Pipeline, AnImageEncoderWithoutProcessorConfigTakesImagesAtItsOwnSize) {
+  // No preprocessor_config.json and no feature_extractor/: images are resized and cropped to
+  // the encoder's image_size (32 here) instead of CLIP's usual 224, which it would refuse.
+  const auto dir = iris::testing_util::scratch_dir() / "ipsd-noproc";
+  write_random_sd_pipeline(dir.string(), tiny_sd_spec(std::string(IRIS_FIXTURES_DIR) + "/data/clip_tokenizer", true));
+  std::filesystem::remove(dir / "image_encoder" / "preprocessor_config.json");
+  SdLoadOptions lo;
+  lo.ip_adapter = (dir / "ip-adapter.safetensors").string();
+  SdModel model = SdModel::load(dir.string(), lo);
+  EXPECT_EQ(model.image_preprocess.crop_h, 32);
+  EXPECT_EQ(model.image_preprocess.crop_w, 32);
+  EXPECT_EQ(model.image_preprocess.shortest_edge, 32);
+  GenerationParams p = small_params();
+  Image ref(40, 30, 3);
+  p.image_prompts.push_back({ref, "ref.png", 1.0, "all"});
+  EXPECT_EQ(generate(model, p).at(0).image.width, p.width);
+}
