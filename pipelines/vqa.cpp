@@ -287,6 +287,15 @@ SpeculativeAnswer ask_speculative(VqaModel& m, VispecDraft& draft, const Image& 
   SpeculativeAnswer out;
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  if (so.compare) {  // untimed warm-up of both paths (see SpeculativeAskOptions::compare)
+    GenerateOptions warm;
+    warm.max_new_tokens = std::min<int64_t>(8, opt.max_new_tokens);
+    SpeculativeOptions sp;
+    sp.generate = warm;
+    sp.tree = so.tree;
+    speculative_generate(m.model->language_model, draft, prompt.inputs_embeds, prompt.image_mask, sp, nullptr);
+    plain_generate(m.model->language_model, prompt.inputs_embeds, prompt.image_mask, warm);
+  }
   const auto t0 = now();
   out.answer = ask_with(m, ids, opt, [&](const GenerateOptions& g, const TokenCallback& on_token) {
     SpeculativeOptions sp;

@@ -108,7 +108,11 @@ VqaAnswer ask(VqaModel& m, const std::string& image_path, const std::string& que
 
 struct SpeculativeAskOptions {
   DraftTreeOptions tree;  // DraftTreeOptions::chain(k) for a chain of k drafted tokens
-  bool compare = false;   // also decode plainly (same prompt) to report the speedup and check equality
+  // Also decode plainly (same prompt) to report the speedup and check equality. Both paths
+  // first run a short untimed warm-up: the first call of a process pays one-time costs (kernel
+  // selection, allocations, the draft's first pass over the image) that would otherwise all
+  // land on whichever path runs first.
+  bool compare = false;
 };
 
 struct SpeculativeAnswer {

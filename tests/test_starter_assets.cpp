@@ -139,6 +139,12 @@ TEST(StarterAssets, AskWithDraftIsLosslessAndChecksItsOptions) {
   ASSERT_EQ(ok.code, 0) << ok.err;
   EXPECT_NE(ok.out.find("ViSpec: tau"), std::string::npos) << ok.out;
   EXPECT_NE(ok.out.find("output identical"), std::string::npos) << ok.out;
+  // The streamed answer is the plain one, once (the untimed warm-up of --compare streams nothing).
+  const auto plain = run_cli(base);
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  const std::string answer = plain.out.substr(0, plain.out.find('\n'));
+  ASSERT_FALSE(answer.empty());
+  EXPECT_EQ(ok.out.substr(0, ok.out.find('\n')), answer) << ok.out;
 
   const auto no_draft = run_cli(base + " --compare");
   EXPECT_EQ(no_draft.code, 1);
