@@ -370,6 +370,7 @@ TEST(DiffusionEvalCli, ErrorsAreOneLineAndNameTheCulprit) {
   expect_one_line_error(run_cli(model + " --task ip"), "--ip-adapter");
   expect_one_line_error(run_cli(model + " --task skeleton --sk-adapter " + scratch("gone.safetensors")),
                         "gone.safetensors");
+  expect_one_line_error(run_cli(model + " --task t2i --unnamed-pose"), "--unnamed-pose applies to --task skeleton");
 }
 
 TEST(DiffusionEvalCli, StyleTaskWritesTableSheetAndJson) {
