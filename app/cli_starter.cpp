@@ -58,6 +58,14 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
     cmd->add_option("--detail-weight", o->t.vae_detail_weight,
                     "Extra L1 weight on pixels on or near edges (0: plain L1)")
         ->capture_default_str();
+    cmd->add_option("--gradient-weight", o->t.vae_gradient_weight,
+                    "Weight of an L1 loss on neighbouring-pixel differences, which keeps edges sharp (0: off)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--latent-noise", o->t.vae_latent_noise,
+                    "Decode latents with Gaussian noise of this many latent standard deviations added (0: off)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
   }
   if (name == "unet") {
     cmd->add_flag("--finetune", o->t.unet_from_pack,

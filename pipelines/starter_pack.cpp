@@ -337,7 +337,21 @@ static at::Tensor vae_detail_weights(const at::Tensor& x, double weight) {
   return 1.0 + weight * mask;
 }
 
+// Mean L1 distance between the horizontal and vertical neighbour differences of a and b
+// ([B, C, H, W]): zero only when every edge is where it is and as steep.
+static at::Tensor gradient_l1(const at::Tensor& a, const at::Tensor& b) {
+  auto dx = [](const at::Tensor& t) { return t.narrow(3, 1, t.size(3) - 1) - t.narrow(3, 0, t.size(3) - 1); };
+  auto dy = [](const at::Tensor& t) { return t.narrow(2, 1, t.size(2) - 1) - t.narrow(2, 0, t.size(2) - 1); };
+  return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean();
+}
+
 TrainReport train_starter_vae(const StarterTrainOptions& o) {
+  for (const auto& [value, option] : {std::pair<double, const char*>{o.vae_detail_weight, "--detail-weight"},
+                                      {o.vae_gradient_weight, "--gradient-weight"},
+                                      {o.vae_latent_noise, "--latent-noise"}})
+    if (!(value >= 0) || !std::isfinite(value))
+      throw ConfigError("iris train vae: " + std::string(option) + " must be a finite number >= 0, got " +
+                        std::to_string(value));
   const auto log = log_of(o);
   const ImageCaptionSet data = load_image_caption_set(o.data_dir, o.max_images, log);
   Json config = starter_vae_config(o.tiny);
@@ -365,15 +379,20 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
   TrainReport r = run_trainer(t, o, [&](at::Generator& gen) {
     const at::Tensor x = data.pixels(sample_indices(data_seed(o, t), data.size(), B)).to(dev);  // [B, 3, 64, 64]
     const LatentDistribution d = vae->encode(x);  // decoder only: no graph (nothing upstream needs grad)
-    const at::Tensor rec = vae->decode(d.sample(gen));
+    at::Tensor z = d.sample(gen);  // [B, 4, h, w]
+    if (o.vae_latent_noise > 0)  // the latents' spread is 1 / scaling_factor
+      z = z + (o.vae_latent_noise / config.value("scaling_factor", 1.0)) * seeded_randn(z.sizes(), gen, dev);
+    const at::Tensor rec = vae->decode(z);
     at::Tensor l1 = (rec - x).abs();  // [B, 3, H, W]
     if (o.vae_detail_weight > 0) {
       const at::Tensor w = vae_detail_weights(x, o.vae_detail_weight);
       l1 = l1 * w / w.mean();
     }
-    if (o.vae_decoder_only) return l1.mean();  // the encoder (and so the KL term) is frozen
+    at::Tensor loss = l1.mean();
+    if (o.vae_gradient_weight > 0) loss = loss + o.vae_gradient_weight * gradient_l1(rec, x);
+    if (o.vae_decoder_only) return loss;  // the encoder (and so the KL term) is frozen
     const at::Tensor kl = 0.5 * (d.mean.pow(2) + d.std.pow(2) - 1.0 - d.logvar).mean();
-    return l1.mean() + kl_weight * kl;
+    return loss + kl_weight * kl;
   });
   if (!t.done()) return stopped_before_export(t, r);
 

@@ -70,9 +70,17 @@ struct StarterTrainOptions {
   // detail_weight W > 0: pixels on or near an edge weigh 1 + W in the L1 loss (objects are a
   // few percent of a Tinyworld image; with plain L1 the background dominates and small shapes
   // come back with the wrong colour).
+  // gradient_weight G > 0: adds G x the L1 distance between the reconstruction's and the
+  // image's neighbouring-pixel differences. Plain L1 forgives an edge smeared over a few pixels
+  // (the pixelated style's 2-px blocks come back as ramps); the gradient term does not.
   bool vae_from_pack = false;
   bool vae_decoder_only = false;
   double vae_detail_weight = 0;
+  double vae_gradient_weight = 0;
+  // latent_noise S > 0: the decoder reads latents with Gaussian noise of S latent standard
+  // deviations added, so that it also turns the slightly-off latents a diffusion model
+  // generates into clean images, not only the encoder's own.
+  double vae_latent_noise = 0;
   // UNet only. unet_from_pack: start from the pack's unet/ (fresh optimizer and schedule) instead
   // of a random initialisation. unet_train_text: train the text encoder together with the UNet
   // on the denoising loss and export it to text_encoder/ too. A contrastive text encoder only has

@@ -223,6 +223,56 @@ TEST(StarterPack, VaeFinetuneAndDecoderOnlyStartFromThePacksVae) {
   }
 }
 
+// The edge (neighbour-difference) term and latent noise each change what a decoder-only step
+// computes; from the same decoder, the same batch and noise, the first loss tells them apart.
+TEST(StarterPack, VaeGradientWeightAndLatentNoiseChangeTheDecodersLoss) {
+  const fs::path root = testing_util::scratch_dir();
+  const std::string data = make_dataset(root / "data", 8);
+  StarterTrainOptions o = tiny_options(data, root / "pack", 3);
+  train_starter_vae(o);
+  const auto run = [&](const std::string& name, double gradient_weight, double latent_noise) {
+    const fs::path out = root / name;
+    fs::create_directories(out);
+    fs::copy(root / "pack/vae", out / "vae");
+    StarterTrainOptions d = o;
+    d.out_dir = out.string();
+    d.steps = 6;
+    d.vae_decoder_only = true;
+    d.vae_gradient_weight = gradient_weight;
+    d.vae_latent_noise = latent_noise;
+    const TrainReport r = train_starter_vae(d);
+    return std::make_pair(r, read_all(TensorStore::open((out / "vae/diffusion_pytorch_model.safetensors").string())));
+  };
+  const auto [plain, plain_w] = run("plain", 0, 0);
+  const auto [edges, edges_w] = run("edges", 2, 0);
+  const auto [noisy, noisy_w] = run("noisy", 0, 0.5);
+  expect_finite_and_falling(edges, "vae decoder, gradient weight");
+  ASSERT_FALSE(plain.losses.empty());
+  // Same weights and batch at step 1: the edge term only adds (a random decoder misses every edge).
+  EXPECT_GT(edges.losses[0], plain.losses[0]);
+  EXPECT_NE(noisy.losses[0], plain.losses[0]);
+  for (const auto* w : {&edges_w, &noisy_w}) {
+    EXPECT_TRUE(at::equal(plain_w.at("encoder.conv_in.weight"), w->at("encoder.conv_in.weight")));
+    EXPECT_FALSE(at::equal(plain_w.at("decoder.conv_out.weight"), w->at("decoder.conv_out.weight")));
+  }
+  // Negative or NaN weights are refused before any data is read, naming the option.
+  for (const auto& [field, option] : {std::pair<double StarterTrainOptions::*, std::string>{
+                                          &StarterTrainOptions::vae_gradient_weight, "--gradient-weight"},
+                                      {&StarterTrainOptions::vae_latent_noise, "--latent-noise"},
+                                      {&StarterTrainOptions::vae_detail_weight, "--detail-weight"}})
+    for (double bad : {-1.0, std::nan("")}) {
+      StarterTrainOptions b = o;
+      b.data_dir = (root / "missing").string();
+      b.*field = bad;
+      try {
+        train_starter_vae(b);
+        FAIL() << "expected ConfigError for " << option;
+      } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find(option), std::string::npos) << e.what();
+      }
+    }
+}
+
 TEST(StarterPack, UnetFinetuneStartsFromThePackAndCanTrainTheTextEncoder) {
   const fs::path root = testing_util::scratch_dir();
   const std::string data = make_dataset(root / "data", 8);
