@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/checkpoint.h"
+#include "core/clip_preprocess_file.h"
 #include "core/error.h"
 #include "core/runtime.h"
 #include "core/state_dict.h"
@@ -123,15 +124,12 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     Checkpoint enc = Checkpoint::open(enc_dir);
     m.image_encoder = load_clip_vision_model(enc.parts()[0]);
     m.image_encoder->eval();
-    const std::string pre = enc_dir + "/preprocessor_config.json";
-    if (fs::is_regular_file(pre)) m.image_preprocess = ClipPreprocessConfig::from_json(read_json_file(pre));
-    else if (ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
-      m.image_preprocess = ClipPreprocessConfig::from_json(ck.part("feature_extractor").config);
-    else {  // no processor config: resize and crop to what the encoder takes (224 for the released ones)
-      const int size = static_cast<int>(m.image_encoder->config().image_size);
-      m.image_preprocess.shortest_edge = size;
-      m.image_preprocess.crop_h = m.image_preprocess.crop_w = size;
-    }
+    // The encoder's own processor config, else the pipeline's feature_extractor/, else the
+    // encoder's own image size.
+    std::string pre = enc_dir + "/preprocessor_config.json";
+    if (!fs::is_regular_file(pre) && ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
+      pre = ck.part("feature_extractor").dir + "/preprocessor_config.json";
+    m.image_preprocess = read_clip_preprocess(pre, static_cast<int>(m.image_encoder->config().image_size));
     if (!o.ip_adapter.empty()) m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
   }
   if (!o.style_adapter.empty()) {

@@ -9,6 +9,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "core/checkpoint.h"
+#include "core/clip_preprocess_file.h"
 #include "core/error.h"
 
 namespace fs = std::filesystem;
@@ -47,18 +48,8 @@ VqaModel VqaModel::load(const std::string& folder) {
                           " in " + cfg_path);
   m.model = load_llava(folder);
 
-  const std::string pre_path = (fs::path(folder) / "preprocessor_config.json").string();
-  if (fs::is_regular_file(pre_path)) {
-    try {
-      m.preprocess = ClipPreprocessConfig::from_json(read_json_file(pre_path));
-    } catch (...) {
-      rethrow_with_context(pre_path);
-    }
-  } else {
-    const int size = static_cast<int>(lc.vision.image_size);
-    m.preprocess.shortest_edge = size;
-    m.preprocess.crop_h = m.preprocess.crop_w = size;
-  }
+  m.preprocess = read_clip_preprocess((fs::path(folder) / "preprocessor_config.json").string(),
+                                      static_cast<int>(lc.vision.image_size));
   auto tmpl = cfg.find("chat_template");
   // A plain "{question}" template; Jinja templates (other exporters) are not run here.
   if (tmpl != cfg.end() && tmpl->is_string() && tmpl->get<std::string>().find("{%") == std::string::npos) {

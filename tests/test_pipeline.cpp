@@ -251,3 +251,21 @@ TEST(Pipeline, AnImageEncoderWithoutProcessorConfigTakesImagesAtItsOwnSize) {
   p.image_prompts.push_back({ref, "ref.png", 1.0, "all"});
   EXPECT_EQ(generate(model, p).at(0).image.width, p.width);
 }
+
+TEST(Pipeline, AMalformedImageEncoderProcessorConfigIsNamed) {
+  // A processor config of the wrong shape is one error naming the file, not a bare JSON message.
+  const auto dir = iris::testing_util::scratch_dir() / "ipsd-badproc";
+  write_random_sd_pipeline(dir.string(), tiny_sd_spec(std::string(IRIS_FIXTURES_DIR) + "/data/clip_tokenizer", true));
+  const std::string pre = (dir / "image_encoder" / "preprocessor_config.json").string();
+  SdLoadOptions lo;
+  lo.ip_adapter = (dir / "ip-adapter.safetensors").string();
+  for (const char* text : {"[1, 2]", "{\"crop_size\": -3}", "{\"do_resize\": "}) {
+    std::ofstream(pre, std::ios::trunc) << text;
+    try {
+      SdModel::load(dir.string(), lo);
+      ADD_FAILURE() << "expected an error for " << text;
+    } catch (const iris::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(pre), std::string::npos) << e.what();
+    }
+  }
+}
