@@ -73,7 +73,7 @@ TEST(StarterAssets, VaeRoundTripKeepsWhatTheAnalyzerReads) {
   e.task = EvalTask::Autoencoder;
   e.n = 24;
   const DiffusionEvalResult r = eval_diffusion(model, e);
-  // Measured on 200 scenes: 94% (the plain-L1 VAE before the fine-tune: 44%).
+  // Measured on 200 scenes: 95% (the plain-L1 VAE before the fine-tunes: 44%).
   EXPECT_GE(r.headline().rate(), 0.85) << format_eval_table(r);
   ASSERT_GT(r.score.joints.total, 0);  // some of the scenes have a stick figure
   EXPECT_GE(r.score.joints.rate(), 0.85) << format_eval_table(r);
