@@ -66,6 +66,14 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
                     "Decode latents with Gaussian noise of this many latent standard deviations added (0: off)")
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--denoised", o->t.vae_denoised,
+                    "Decoder only: share of each batch that decodes latents the pack's UNet denoised (img2img of "
+                    "the image at strength 0.1-0.5) against the original image (0: off)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 1.0));
+    cmd->add_option("--denoised-images", o->t.vae_denoised_images, "How many such latents are made up front")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
   }
   if (name == "unet") {
     cmd->add_flag("--finetune", o->t.unet_from_pack,

@@ -16,10 +16,14 @@
 #include "core/state_dict.h"
 #include "diffusion/clip.h"
 #include "diffusion/noise.h"
+#include "diffusion/schedulers/factory.h"
+#include "diffusion/schedulers/sampler.h"
 #include "diffusion/schedulers/schedule.h"
 #include "diffusion/unet.h"
 #include "diffusion/vae.h"
 #include "pipelines/random_model.h"
+#include "pipelines/sd_model.h"
+#include "pipelines/stable_diffusion.h"
 #include "pipelines/tokenizer_training.h"
 #include "pipelines/trainer.h"
 #include "world/dataset.h"
@@ -345,13 +349,57 @@ static at::Tensor gradient_l1(const at::Tensor& a, const at::Tensor& b) {
   return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean();
 }
 
+// Raw latents [n, C, h, w] of images 0..n-1 of `data` as the pack's own UNet hands them to the
+// decoder (StarterTrainOptions::vae_denoised): encoded by the pack's VAE, noised to strength
+// 0.1, 0.2, .. 0.5 (one per chunk, in turn) and denoised again with the image's caption
+// (euler, 20 steps, cfg 4). Deterministic for a seed.
+static at::Tensor unet_denoised_latents(const StarterTrainOptions& o, const ImageCaptionSet& data, int64_t n,
+                                        const std::function<void(const std::string&)>& log) {
+  torch::NoGradGuard no_grad;
+  SdLoadOptions lo;
+  lo.device = o.device;
+  SdModel model = SdModel::load(o.out_dir, lo);
+  const auto warn = [&](const std::string& w) { log("warning: " + w); };
+  const at::Tensor uncond = encode_prompt(model, "", warn).unsqueeze(0);  // [1, 77, D]
+  const double strengths[] = {0.1, 0.2, 0.3, 0.4, 0.5};
+  const int64_t chunk = 32;
+  std::vector<at::Tensor> out;
+  for (int64_t s = 0, c = 0; s < n; s += chunk, ++c) {
+    std::vector<int64_t> idx;
+    std::vector<at::Tensor> cond;
+    for (int64_t i = s; i < std::min(n, s + chunk); ++i) {
+      idx.push_back(i);
+      cond.push_back(encode_prompt(model, data.captions_with_style[i], warn));
+    }
+    const auto b = static_cast<int64_t>(idx.size());
+    auto scheduler = make_scheduler("euler", model.scheduler_config);
+    set_img2img_timesteps(*scheduler, 20, strengths[c % 5]);
+    at::Generator gen = make_cpu_generator(o.seed * 1000003ull + static_cast<uint64_t>(c));
+    const at::Tensor x0 = model.vae->to_diffusion_space(model.vae->encode(data.pixels(idx).to(model.device)).mean);
+    at::Tensor x = img2img_latents(*scheduler, x0, seeded_randn(x0.sizes(), gen, model.device));
+    x = sample(*scheduler, guided_denoiser(model.unet, at::stack(cond), uncond.expand({b, -1, -1}), 4.0), x, gen,
+               Progress());
+    out.push_back(model.vae->from_diffusion_space(x));  // [b, C, h, w]
+    if ((c + 1) % 16 == 0 || s + chunk >= n)
+      log("[vae-decoder] denoised latents " + std::to_string(std::min(n, s + chunk)) + "/" + std::to_string(n));
+  }
+  return at::cat(out);
+}
+
 TrainReport train_starter_vae(const StarterTrainOptions& o) {
   for (const auto& [value, option] : {std::pair<double, const char*>{o.vae_detail_weight, "--detail-weight"},
                                       {o.vae_gradient_weight, "--gradient-weight"},
-                                      {o.vae_latent_noise, "--latent-noise"}})
+                                      {o.vae_latent_noise, "--latent-noise"},
+                                      {o.vae_denoised, "--denoised"}})
     if (!(value >= 0) || !std::isfinite(value))
       throw ConfigError("iris train vae: " + std::string(option) + " must be a finite number >= 0, got " +
                         std::to_string(value));
+  if (o.vae_denoised > 0 && !o.vae_decoder_only)
+    throw ConfigError("iris train vae: --denoised trains the decoder on the UNet's latents; it needs --decoder-only "
+                      "(a trained encoder would move the latents the UNet was trained on)");
+  if (o.vae_denoised > 1 || o.vae_denoised_images < 1)
+    throw ConfigError("iris train vae: --denoised must be in [0, 1] and --denoised-images >= 1, got " +
+                      std::to_string(o.vae_denoised) + " and " + std::to_string(o.vae_denoised_images));
   const auto log = log_of(o);
   const ImageCaptionSet data = load_image_caption_set(o.data_dir, o.max_images, log);
   Json config = starter_vae_config(o.tiny);
@@ -376,10 +424,24 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
   t.resume();
   const int64_t B = batch_of(o, kVae);
   const double kl_weight = 1e-5;
+  // The last `B_denoised` rows of a batch decode the UNet's latents of their images.
+  at::Tensor denoised;
+  int64_t B_denoised = 0;
+  if (o.vae_denoised > 0) {
+    denoised = unet_denoised_latents(o, data, std::min(o.vae_denoised_images, data.size()), log).to(dev);
+    B_denoised = std::clamp<int64_t>(std::llround(o.vae_denoised * static_cast<double>(B)), 1, B);
+  }
   TrainReport r = run_trainer(t, o, [&](at::Generator& gen) {
-    const at::Tensor x = data.pixels(sample_indices(data_seed(o, t), data.size(), B)).to(dev);  // [B, 3, 64, 64]
+    std::vector<int64_t> idx = sample_indices(data_seed(o, t), data.size(), B - B_denoised);
+    const std::vector<int64_t> idx_denoised =
+        sample_indices(data_seed(o, t) ^ 0xde7015edull, denoised.defined() ? denoised.size(0) : 1, B_denoised);
+    idx.insert(idx.end(), idx_denoised.begin(), idx_denoised.end());
+    const at::Tensor x = data.pixels(idx).to(dev);  // [B, 3, 64, 64]
     const LatentDistribution d = vae->encode(x);  // decoder only: no graph (nothing upstream needs grad)
     at::Tensor z = d.sample(gen);  // [B, 4, h, w]
+    if (B_denoised > 0)
+      z = at::cat({z.narrow(0, 0, B - B_denoised),
+                   denoised.index_select(0, at::tensor(idx_denoised, at::kLong).to(dev))});
     if (o.vae_latent_noise > 0)  // the latents' spread is 1 / scaling_factor
       z = z + (o.vae_latent_noise / config.value("scaling_factor", 1.0)) * seeded_randn(z.sizes(), gen, dev);
     const at::Tensor rec = vae->decode(z);

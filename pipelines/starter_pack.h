@@ -81,6 +81,14 @@ struct StarterTrainOptions {
   // deviations added, so that it also turns the slightly-off latents a diffusion model
   // generates into clean images, not only the encoder's own.
   double vae_latent_noise = 0;
+  // denoised D in (0, 1] (decoder only): that share of each batch decodes latents the pack's
+  // own UNet has denoised — the image encoded, noised to a strength in [0.1, 0.5] and
+  // denoised again with its caption (euler, 20 steps, cfg 4) — against the original image.
+  // A generator's latents lose fine detail the encoder's keep (the pixelated style's blocks);
+  // this teaches the decoder to draw it back. denoised_images: how many such latents are made
+  // up front (the first images of the dataset).
+  double vae_denoised = 0;
+  int64_t vae_denoised_images = 2048;
   // UNet only. unet_from_pack: start from the pack's unet/ (fresh optimizer and schedule) instead
   // of a random initialisation. unet_train_text: train the text encoder together with the UNet
   // on the denoising loss and export it to text_encoder/ too. A contrastive text encoder only has

@@ -259,7 +259,8 @@ TEST(StarterPack, VaeGradientWeightAndLatentNoiseChangeTheDecodersLoss) {
   for (const auto& [field, option] : {std::pair<double StarterTrainOptions::*, std::string>{
                                           &StarterTrainOptions::vae_gradient_weight, "--gradient-weight"},
                                       {&StarterTrainOptions::vae_latent_noise, "--latent-noise"},
-                                      {&StarterTrainOptions::vae_detail_weight, "--detail-weight"}})
+                                      {&StarterTrainOptions::vae_detail_weight, "--detail-weight"},
+                                      {&StarterTrainOptions::vae_denoised, "--denoised"}})
     for (double bad : {-1.0, std::nan("")}) {
       StarterTrainOptions b = o;
       b.data_dir = (root / "missing").string();
@@ -271,6 +272,55 @@ TEST(StarterPack, VaeGradientWeightAndLatentNoiseChangeTheDecodersLoss) {
         EXPECT_NE(std::string(e.what()).find(option), std::string::npos) << e.what();
       }
     }
+}
+
+// --denoised: part of each batch decodes latents the pack's own UNet denoised (img2img of the
+// batch's images). It needs the whole pack (UNet, text encoder) and the encoder frozen.
+TEST(StarterPack, VaeDecoderLearnsFromTheUnetsDenoisedLatents) {
+  const fs::path root = testing_util::scratch_dir();
+  const std::string data = make_dataset(root / "data", 8);
+  StarterTrainOptions o = tiny_options(data, root / "pack", 3);
+  train_starter_tokenizer(o, 300);
+  train_starter_vae(o);
+  train_starter_clip(o);
+  train_starter_unet(o);
+  fs::copy(root / "pack", root / "plain", fs::copy_options::recursive);
+  const auto weights = [&](const std::string& name) {
+    return read_all(TensorStore::open((root / name / "vae/diffusion_pytorch_model.safetensors").string()));
+  };
+  const auto before = weights("pack");
+
+  StarterTrainOptions d = o;
+  d.steps = 6;
+  d.vae_decoder_only = true;
+  d.vae_gradient_weight = 2;
+  StarterTrainOptions plain = d;
+  plain.out_dir = (root / "plain").string();
+  const TrainReport p = train_starter_vae(plain);
+  d.vae_denoised = 0.5;
+  d.vae_denoised_images = 4;
+  const TrainReport r = train_starter_vae(d);
+  ASSERT_EQ(r.losses.size(), 6u);
+  for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_NE(r.losses[0], p.losses[0]);  // same weights, same step: only the denoised rows differ
+  const auto after = weights("pack");
+  EXPECT_TRUE(at::equal(before.at("encoder.conv_in.weight"), after.at("encoder.conv_in.weight")));
+  EXPECT_FALSE(at::equal(before.at("decoder.conv_out.weight"), after.at("decoder.conv_out.weight")));
+
+  // The encoder must stay as the UNet knows it; a share above 1 is no share.
+  StarterTrainOptions whole = d;
+  whole.vae_decoder_only = false;
+  whole.vae_from_pack = true;
+  StarterTrainOptions over = d;
+  over.vae_denoised = 1.5;
+  for (const StarterTrainOptions* bad : {&whole, &over}) {
+    try {
+      train_starter_vae(*bad);
+      FAIL() << "expected ConfigError";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("--denoised"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(StarterPack, UnetFinetuneStartsFromThePackAndCanTrainTheTextEncoder) {
