@@ -62,7 +62,7 @@
 #   VISION_FIRST=N the vision stage runs alone to N steps first (stage vlm-vision), then on to
 #                  VISION_STEPS under a longer schedule (default unset)
 #   AUGMENT_STEPS / TEXT_STEPS / ALIGN_STEPS / FINETUNE_STEPS   step counts (default: the shipped
-#                  VLM's 2000 / 600 / 300 / 3000, then FINETUNE_CONTINUE 6000, 10000, 14000 and 18000, after the vision
+#                  VLM's 2000 / 600 / 300 / 3000, then FINETUNE_CONTINUE 6000, 10000, 14000, 18000 and 22000, after the vision
 #                  stage VISION_FIRST 2000 -> VISION_STEPS 6000 with SCENE_LABELS=1 (augment only
 #                  with FTZ=1), so the command reproduces assets/starter/vlm; VISION_FIRST= empty
 #                  runs the vision stage in one go)
@@ -103,9 +103,11 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000): the
   # vision stage with scene labels to 2000 then 6000 steps, text 600, align 300, the fine-tune
-  # to 3000, then on to 6000, 10000, 14000 and 18000 (warm restarts), with the lookup loss and isolated turns.
+  # to 3000, then on to 6000, 10000, 14000, 18000 and 22000 (warm restarts), with the lookup loss and
+  # isolated turns. (On to 26000 read 78.2% against 22000's 78.6%: held-out phrasings 70 vs 65%,
+  # seen ones 83 vs 87%; not shipped.)
   AUGMENT_STEPS=${AUGMENT_STEPS:-2000} TEXT_STEPS=${TEXT_STEPS:-600} ALIGN_STEPS=${ALIGN_STEPS:-300}
-  FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-"6000 10000 14000 18000"}
+  FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-"6000 10000 14000 18000 22000"}
   VISION_FIRST=${VISION_FIRST-2000} VISION_STEPS=${VISION_STEPS:-6000} SCENE_LABELS=${SCENE_LABELS:-1}
   LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
 fi
