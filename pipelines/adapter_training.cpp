@@ -379,16 +379,7 @@ class AdapterTrainer {
   }
 
   void check_resumable(const Json& saved) const {
-    const Json now = run_record();
-    for (const auto& [key, value] : now.items())
-      if (saved.value(key, Json()) != value)
-        throw ConfigError(o_.out + "/checkpoint: \"" + key + "\" was " + saved.value(key, Json()).dump() + ", now " +
-                          value.dump() + "; resume with the same settings");
-    // A weight the checkpoint was trained with and this run leaves off (its key is then absent).
-    for (const auto& [key, value] : saved.items())
-      if (!now.contains(key))
-        throw ConfigError(o_.out + "/checkpoint: \"" + key + "\" was " + value.dump() +
-                          ", now off; resume with the same settings");
+    check_same_settings(saved, run_record(), o_.out + "/checkpoint");
   }
 
   void save(const Trainer& trainer) {

@@ -44,6 +44,16 @@ NamedTensors named_trainable_parameters(torch::nn::Module& m, const std::string&
   return out;
 }
 
+void check_same_settings(const Json& saved, const Json& now, const std::string& where) {
+  for (const auto& [key, value] : now.items())
+    if (saved.value(key, Json()) != value)
+      throw ConfigError(where + ": \"" + key + "\" was " + saved.value(key, Json()).dump() + ", now " + value.dump() +
+                        "; resume with the same settings");
+  for (const auto& [key, value] : saved.items())
+    if (!now.contains(key))
+      throw ConfigError(where + ": \"" + key + "\" was " + value.dump() + ", now off; resume with the same settings");
+}
+
 uint64_t trainer_step_seed(uint64_t seed, int64_t step) {
   uint64_t x = seed ^ (0x9e3779b97f4a7c15ull * (static_cast<uint64_t>(step) + 1));
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;

@@ -103,6 +103,13 @@ class Trainer {
 
 // Deterministic per-step seed (SplitMix64 of seed and step).
 uint64_t trainer_step_seed(uint64_t seed, int64_t step);
+
+// A resumed run must compute its steps as the checkpoint's did. `now`: the settings that change
+// a step (keys of settings that are off left out, so checkpoints from before a setting existed
+// still resume); `saved`: the checkpoint's. Every key of `now` must equal the saved value and no
+// saved key may be missing now (a setting switched off). ConfigError naming `where` (the
+// checkpoint), the key and both values otherwise.
+void check_same_settings(const Json& saved, const Json& now, const std::string& where);
 // "1h02m", "3m05s", "12s".
 std::string format_duration(double seconds);
 

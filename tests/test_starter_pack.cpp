@@ -274,6 +274,41 @@ TEST(StarterPack, VaeGradientWeightAndLatentNoiseChangeTheDecodersLoss) {
     }
 }
 
+// A VAE run resumes only with the loss settings it was started with (a changed or dropped
+// weight would silently train a mix of two objectives).
+TEST(StarterPack, VaeResumeRefusesOtherLossSettings) {
+  const fs::path root = testing_util::scratch_dir();
+  const std::string data = make_dataset(root / "data", 8);
+  StarterTrainOptions o = tiny_options(data, root / "pack", 3);
+  train_starter_vae(o);
+  StarterTrainOptions d = o;
+  d.steps = 4;
+  d.stop_at = 2;
+  d.vae_decoder_only = true;
+  d.vae_gradient_weight = 2;
+  d.work_dir = (root / "work").string();
+  d.checkpoint_every = 1;
+  train_starter_vae(d);  // stops at step 2, checkpoint saved
+  d.stop_at = 0;
+  for (const auto& [gradient_weight, said] : {std::pair<double, std::string>{0, "now off"}, {3, "was 2"}}) {
+    StarterTrainOptions other = d;
+    other.vae_gradient_weight = gradient_weight;
+    try {
+      train_starter_vae(other);
+      FAIL() << "expected ConfigError for gradient weight " << gradient_weight;
+    } catch (const ConfigError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("gradient_weight"), std::string::npos) << what;
+      EXPECT_NE(what.find(said), std::string::npos) << what;
+    }
+  }
+  StarterTrainOptions noisy = d;
+  noisy.vae_latent_noise = 0.1;  // a setting the checkpoint did not have
+  EXPECT_THROW(train_starter_vae(noisy), ConfigError);
+  const TrainReport same = train_starter_vae(d);
+  EXPECT_EQ(same.losses.size(), 2u);  // steps 3 and 4
+}
+
 // --denoised: part of each batch decodes latents the pack's own UNet denoised (img2img of the
 // batch's images). It needs the whole pack (UNet, text encoder) and the encoder frozen.
 TEST(StarterPack, VaeDecoderLearnsFromTheUnetsDenoisedLatents) {
