@@ -57,7 +57,8 @@ void add_component(CLI::App* train, const std::string& name, const std::string& 
                   "trained on it, stay valid (use another --work than the full VAE's)");
     cmd->add_option("--detail-weight", o->t.vae_detail_weight,
                     "Extra L1 weight on pixels on or near edges (0: plain L1)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     cmd->add_option("--gradient-weight", o->t.vae_gradient_weight,
                     "Weight of an L1 loss on neighbouring-pixel differences, which keeps edges sharp (0: off)")
         ->capture_default_str()

@@ -15,9 +15,6 @@ ClipPreprocessConfig read_clip_preprocess(const std::string& json_path, int enco
       rethrow_with_context(json_path);
     }
   }
-  if (encoder_image_size <= 0)
-    throw ConfigError((json_path.empty() ? std::string("image encoder") : json_path) +
-                      ": no processor config, and the encoder's image_size is " + std::to_string(encoder_image_size));
   ClipPreprocessConfig c;
   c.shortest_edge = encoder_image_size;
   c.crop_h = c.crop_w = encoder_image_size;

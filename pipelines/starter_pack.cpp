@@ -421,16 +421,13 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
   vae->to(dev);
   const char* run_name = o.vae_decoder_only ? "vae-decoder" : o.vae_from_pack ? "vae-finetune" : "vae";
   Trainer t(named_trainable_parameters(*vae), trainer_options(o, kVae, run_name));
-  // The loss settings, each only when on: a resume with other ones is refused. A checkpoint with
-  // no record at all predates it and resumes as before.
-  Json settings = Json::object();
-  if (o.vae_detail_weight > 0) settings["detail_weight"] = o.vae_detail_weight;
-  if (o.vae_gradient_weight > 0) settings["gradient_weight"] = o.vae_gradient_weight;
-  if (o.vae_latent_noise > 0) settings["latent_noise"] = o.vae_latent_noise;
-  if (o.vae_denoised > 0) settings["denoised"] = {o.vae_denoised, o.vae_denoised_images};
-  t.extra() = settings;
-  if (t.resume() && !t.extra().empty())
-    check_same_settings(t.extra(), settings, Trainer::state_path(o.work_dir));
+  // The loss settings: a resume with other ones is refused. A checkpoint with no record at all
+  // predates the record and resumes as before.
+  const Json settings = {{"detail_weight", o.vae_detail_weight},
+                         {"gradient_weight", o.vae_gradient_weight},
+                         {"latent_noise", o.vae_latent_noise},
+                         {"denoised", {o.vae_denoised, o.vae_denoised > 0 ? o.vae_denoised_images : 0}}};
+  if (t.resume() && !t.extra().empty()) check_same_settings(t.extra(), settings, Trainer::state_path(o.work_dir));
   t.extra() = settings;
   const int64_t B = batch_of(o, kVae);
   const double kl_weight = 1e-5;

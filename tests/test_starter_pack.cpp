@@ -290,7 +290,7 @@ TEST(StarterPack, VaeResumeRefusesOtherLossSettings) {
   d.checkpoint_every = 1;
   train_starter_vae(d);  // stops at step 2, checkpoint saved
   d.stop_at = 0;
-  for (const auto& [gradient_weight, said] : {std::pair<double, std::string>{0, "now off"}, {3, "was 2"}}) {
+  for (const auto& [gradient_weight, said] : {std::pair<double, std::string>{0, "now 0"}, {3, "was 2"}}) {
     StarterTrainOptions other = d;
     other.vae_gradient_weight = gradient_weight;
     try {
@@ -307,6 +307,21 @@ TEST(StarterPack, VaeResumeRefusesOtherLossSettings) {
   EXPECT_THROW(train_starter_vae(noisy), ConfigError);
   const TrainReport same = train_starter_vae(d);
   EXPECT_EQ(same.losses.size(), 2u);  // steps 3 and 4
+
+  // A run with every setting off is recorded too: switching a weight on when resuming it is refused.
+  StarterTrainOptions plain = d;
+  plain.vae_gradient_weight = 0;
+  plain.stop_at = 2;
+  plain.work_dir = (root / "work-plain").string();
+  train_starter_vae(plain);
+  plain.stop_at = 0;
+  plain.vae_gradient_weight = 2;
+  try {
+    train_starter_vae(plain);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("gradient_weight"), std::string::npos) << e.what();
+  }
 }
 
 // --denoised: part of each batch decodes latents the pack's own UNet denoised (img2img of the
