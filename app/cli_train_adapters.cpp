@@ -35,6 +35,10 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
   if (kind == AdapterKind::IpAdapter)
     cmd->add_flag("--plus", o->ip_plus,
                   "IP-Adapter Plus: a resampler over the image encoder's patch features (16 tokens)");
+  if (kind == AdapterKind::IpAdapter)
+    cmd->add_flag("--train-image-encoder", o->train_image_encoder,
+                  "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
+                  "loader then uses with the adapter file beside it)");
   if (kind == AdapterKind::Skeleton)
     cmd->add_option("--limb-weight", o->limb_weight,
                     "Extra loss weight on latent cells under the figure's limbs (0: plain MSE)")

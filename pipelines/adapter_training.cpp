@@ -59,6 +59,8 @@ void AdapterTrainOptions::validate() const {
   if (object_weight > 0 && kind == AdapterKind::Skeleton)
     bad("--object-weight applies to ip-adapter and style training (sk-adapter: --limb-weight)");
   if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
+  if (train_image_encoder && kind != AdapterKind::IpAdapter)
+    bad("--train-image-encoder applies to ip-adapter training only");
 }
 
 namespace {
@@ -68,6 +70,7 @@ struct TrainSample {
   at::Tensor latents;       // [C, h, w] diffusion space
   at::Tensor text;          // [77, D] caption embedding
   at::Tensor image_embeds;  // [D_img] (IP-Adapter), [1 + N, D] penultimate patch features (Plus)
+  at::Tensor clip_pixels;   // [3, S, S] the encoder's preprocessed input (when it trains)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
   at::Tensor loss_weight;   // [1, h, w] with a limb or object weight, else undefined
@@ -124,12 +127,12 @@ class AdapterTrainer {
     to.checkpoint_every = 0;  // checkpoints are written below, with the adapter files
     to.checkpoint_dir = (fs::path(o_.out) / "checkpoint").string();
     to.log = [this](const std::string& line) { note(line); };
-    Trainer trainer(named_trainable_parameters(*module_), to);
+    Trainer trainer(trainable_parameters(), to);
     trainer.extra() = run_record();
     AdapterTrainResult r;
     if (o_.resume) {
-      if (!trainer.resume()) throw IoError(Trainer::state_path(to.checkpoint_dir) + ": no checkpoint to resume from");
-      check_resumable(trainer.extra());
+      if (!trainer.resume([this](const Json& saved) { check_resumable(saved); }))
+        throw IoError(Trainer::state_path(to.checkpoint_dir) + ": no checkpoint to resume from");
       r.start_step = static_cast<int>(trainer.current_step());
     }
     r.eval_loss_before = eval_loss();
@@ -171,9 +174,34 @@ class AdapterTrainer {
     if (model_.image_encoder) parts.push_back(model_.image_encoder.get());
     for (torch::nn::Module* m : parts)
       for (auto& p : m->parameters()) p.set_requires_grad(false);
+    if (o_.train_image_encoder) make_trainable_encoder_copy();
     const ScheduleConfig sc = parse_schedule_config(model_.scheduler_config, SchedulerKind::DDIM);
     schedule_ = make_noise_schedule(sc).alphas_cumprod;
     prediction_ = sc.prediction_type;
+  }
+
+  // The model's encoder is shared with the caller: train a copy, with gradients on.
+  void make_trainable_encoder_copy() {
+    encoder_dir_ = (fs::path(model_.source) / "image_encoder").string();
+    if (!fs::is_regular_file(fs::path(encoder_dir_) / "config.json"))
+      throw ConfigError(model_.source + ": --train-image-encoder needs the pipeline folder's image_encoder/ (its "
+                        "config.json is written with the trained weights)");
+    const ClipVisionModel& from = model_.image_encoder;
+    ClipVisionModel copy(from->config(), from->with_projection());
+    {
+      torch::NoGradGuard no_grad;
+      const auto src = from->named_parameters(true);
+      for (auto& kv : copy->named_parameters(true)) kv.value().copy_(src[kv.key()]);
+    }
+    copy->to(model_.device);
+    copy->train();
+    model_.image_encoder = copy;
+  }
+
+  // Image features the adapter reads: [B, D_img] embeds, or (Plus) [B, 1 + N, D] penultimate
+  // hidden states. pixels: [B, 3, S, S] preprocessed.
+  at::Tensor image_features(const at::Tensor& pixels) {
+    return o_.ip_plus ? model_.image_encoder->hidden_state(pixels, -2) : model_.image_encoder->forward(pixels).image_embeds;
   }
 
   at::Tensor encode_text(const std::string& text) {
@@ -209,7 +237,9 @@ class AdapterTrainer {
         int h = 0, w = 0;
         std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
         const at::Tensor clip_in = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(model_.device);
-        if (o_.ip_plus) {
+        if (o_.train_image_encoder) {
+          s.clip_pixels = clip_in[0];
+        } else if (o_.ip_plus) {
           s.image_embeds = model_.image_encoder->hidden_state(clip_in, -2)[0];
           // The unconditional input, as at inference: the features of an all-zero image.
           if (!no_image_.defined()) no_image_ = model_.image_encoder->hidden_state(at::zeros_like(clip_in), -2)[0];
@@ -245,7 +275,8 @@ class AdapterTrainer {
     at::manual_seed(o_.seed);  // the initial weights depend on the seed only (resume, tests)
     if (o_.kind == AdapterKind::IpAdapter) {
       IpAdapterConfig c;
-      c.image_dim = samples_[0].image_embeds.size(-1);
+      const ClipVisionConfig& ec = model_.image_encoder->config();
+      c.image_dim = o_.ip_plus ? ec.hidden_size : ec.projection_dim;
       if (o_.ip_plus) {  // a small resampler for a small UNet: width = the text width, 64-wide heads
         c.variant = IpVariant::Plus;
         c.tokens = 16;
@@ -268,7 +299,14 @@ class AdapterTrainer {
       module_ = sk_.ptr();
     }
     module_->train();
-    for (const auto& kv : module_->named_parameters(true)) trainable_.emplace_back(kv.key(), kv.value());
+  }
+
+  // The adapter's parameters, and the image encoder's (under "image_encoder.") when it trains.
+  NamedTensors trainable_parameters() {
+    NamedTensors p = named_trainable_parameters(*module_);
+    if (o_.train_image_encoder)
+      for (auto& kv : named_trainable_parameters(*model_.image_encoder, "image_encoder.")) p.push_back(kv);
+    return p;
   }
 
   // The loss of step `step` (its batch, timesteps, noise and dropout depend on (seed, step) only).
@@ -331,11 +369,27 @@ class AdapterTrainer {
     const auto B = static_cast<int64_t>(idx.size());
     UNet2DCondition& unet = model_.unet;
     if (o_.kind == AdapterKind::IpAdapter) {
-      std::vector<at::Tensor> e;  // a dropped image is zero image embeds (the unconditional branch)
-      for (int64_t b = 0; b < B; ++b)
-        e.push_back(rows[b] ? samples_[idx[b]].image_embeds
-                            : o_.ip_plus ? no_image_ : at::zeros_like(samples_[idx[b]].image_embeds));
-      attach_ip_adapter(ip_, unet, ip_->image_tokens(at::stack(e)), 1.0, {}, {}, "ip_adapter.train");
+      // A dropped image is what inference's unconditional branch uses: zero image embeds, or
+      // (Plus) the features of an all-zero image.
+      at::Tensor embeds;
+      if (o_.train_image_encoder) {
+        std::vector<at::Tensor> px;
+        std::vector<float> keep;
+        for (int64_t b = 0; b < B; ++b) {
+          const at::Tensor& p = samples_[idx[b]].clip_pixels;
+          px.push_back(rows[b] || !o_.ip_plus ? p : at::zeros_like(p));
+          keep.push_back(rows[b] ? 1.f : 0.f);
+        }
+        embeds = image_features(at::stack(px));
+        if (!o_.ip_plus) embeds = embeds * at::tensor(keep).to(embeds.device()).view({B, 1});
+      } else {
+        std::vector<at::Tensor> e;
+        for (int64_t b = 0; b < B; ++b)
+          e.push_back(rows[b] ? samples_[idx[b]].image_embeds
+                              : o_.ip_plus ? no_image_ : at::zeros_like(samples_[idx[b]].image_embeds));
+        embeds = at::stack(e);
+      }
+      attach_ip_adapter(ip_, unet, ip_->image_tokens(embeds), 1.0, {}, {}, "ip_adapter.train");
     } else if (o_.kind == AdapterKind::Style) {
       std::vector<int64_t> which;
       for (int64_t b = 0; b < B; ++b) which.push_back(samples_[idx[b]].style);
@@ -361,8 +415,10 @@ class AdapterTrainer {
     }
     at::Generator gen = make_cpu_generator(trainer_step_seed(o_.seed ^ 0xe7a1ull, -1));
     module_->eval();
+    if (o_.train_image_encoder) model_.image_encoder->eval();
     const double loss = batch_loss(idx, ts, std::vector<bool>(n, false), std::vector<bool>(n, false), gen).item<double>();
     module_->train();
+    if (o_.train_image_encoder) model_.image_encoder->train();
     return loss;
   }
 
@@ -374,6 +430,7 @@ class AdapterTrainer {
             {"styles", styles_}};
     if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
     if (o_.ip_plus) j["plus"] = true;
+    if (o_.train_image_encoder) j["train_image_encoder"] = true;
     if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
     return j;
   }
@@ -387,6 +444,7 @@ class AdapterTrainer {
     const std::string path = (fs::path(o_.out) / adapter_file_name(o_.kind)).string();
     if (o_.kind == AdapterKind::IpAdapter) {
       save_ip_adapter(ip_, path);
+      if (o_.train_image_encoder) save_image_encoder();
     } else if (o_.kind == AdapterKind::Style) {
       save_style_adapter(style_, path);
       export_bank_styles(style_, (fs::path(o_.out) / "styles").string());
@@ -396,8 +454,22 @@ class AdapterTrainer {
     note("step " + std::to_string(trainer.current_step()) + ": wrote " + path);
   }
 
+  // out/image_encoder/: the source encoder's config and processor config, the trained weights.
+  void save_image_encoder() {
+    const fs::path dir = fs::path(o_.out) / "image_encoder";
+    fs::create_directories(dir);
+    for (const char* f : {"config.json", "preprocessor_config.json"})
+      if (fs::is_regular_file(fs::path(encoder_dir_) / f))
+        fs::copy_file(fs::path(encoder_dir_) / f, dir / f, fs::copy_options::overwrite_existing);
+    NamedTensors ts;
+    for (const auto& kv : model_.image_encoder->named_parameters(true))
+      ts.emplace_back(kv.key(), kv.value().detach().to(c10::kCPU));
+    write_safetensors((dir / "model.safetensors").string(), ts, {{"format", "pt"}});
+  }
+
   AdapterTrainOptions o_;
   AdapterTrainCallbacks cb_;
+  std::string encoder_dir_;  // the source image encoder folder (train_image_encoder)
   SdModel model_;
   at::Tensor schedule_;  // alphas_cumprod [T]
   PredictionType prediction_ = PredictionType::Epsilon;  // the backbone's (scheduler config)
@@ -409,7 +481,6 @@ class AdapterTrainer {
   SkeletonAdapter sk_{nullptr};
   at::Tensor no_image_;  // IP-Adapter Plus: the zero image's features (a dropped image prompt)
   std::shared_ptr<torch::nn::Module> module_;
-  std::vector<std::pair<std::string, at::Tensor>> trainable_;
 };
 
 }  // namespace

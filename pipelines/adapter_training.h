@@ -11,7 +11,8 @@
 //   style: condition = the sample's style label (bank: the styles present in the data); the
 //     caption WITHOUT the style phrase, so the style has to come from the style stream.
 //   skeleton: only samples with a skeleton; caption_with_style.
-// Latents (VAE mean), caption embeddings and image embeddings are computed once up front.
+// Latents (VAE mean), caption embeddings and image embeddings (unless the image encoder trains:
+// then its preprocessed input) are computed once up front.
 //
 // Condition dropout for classifier-free guidance, per sample: text only (empty prompt),
 // condition only, or both, with the given probabilities. A dropped condition is what inference
@@ -26,6 +27,7 @@
 // Output folder:
 //   ip-adapter.safetensors (original release layout) | style-adapter.safetensors +
 //   styles/<name>.safetensors | sk-adapter.safetensors  — written at every checkpoint and at the end
+//   image_encoder/ — with train_image_encoder: the encoder trained with the IP-Adapter
 //   checkpoint/trainer_state.safetensors (pipelines/trainer.h: parameters, AdamW moments, step;
 //   the data settings a resume must share in its "extra" record)
 #include <cstdint>
@@ -70,6 +72,13 @@ struct AdapterTrainOptions {
   // IP-Adapter only: the Plus variant, a resampler over the image encoder's penultimate patch
   // features (16 tokens) instead of one projected image embedding (4 tokens).
   bool ip_plus = false;
+  // IP-Adapter only: the CLIP image encoder trains with the adapter on the denoising loss
+  // (contrastive features only had to tell captions apart; the denoiser needs where each object
+  // is and how many there are). Written as out/image_encoder/ (config, weights, processor
+  // config), the folder beside the adapter file that the loader then uses with it, as the
+  // IP-Adapter releases ship their encoder (models/image_encoder/). The model's own encoder is
+  // not changed: the trainer works on a copy.
+  bool train_image_encoder = false;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint
@@ -97,8 +106,8 @@ struct AdapterTrainResult {
 
 AdapterTrainResult train_adapter(const AdapterTrainOptions& options, const AdapterTrainCallbacks& callbacks = {});
 // The same on an already loaded model (options.model and options.device are not used). Its
-// parameters are set not to require gradients; they are never changed. IP-Adapter training
-// needs model.image_encoder (SdLoadOptions::with_image_encoder).
+// parameters are set not to require gradients; they are never changed (a trained image encoder
+// is a copy). IP-Adapter training needs model.image_encoder (SdLoadOptions::with_image_encoder).
 AdapterTrainResult train_adapter(SdModel& model, const AdapterTrainOptions& options,
                                  const AdapterTrainCallbacks& callbacks = {});
 

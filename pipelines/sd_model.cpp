@@ -116,6 +116,16 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
   }
   if (!o.ip_adapter.empty() || o.with_image_encoder) {
     std::string enc_dir = o.image_encoder_dir;
+    // An image_encoder/ folder beside the adapter file is the encoder it was trained with (the
+    // IP-Adapter releases' layout, and `iris train ip-adapter --train-image-encoder`'s output):
+    // it comes before the pipeline's own.
+    if (enc_dir.empty() && !o.ip_adapter.empty()) {
+      const fs::path beside = fs::path(o.ip_adapter).parent_path() / "image_encoder";
+      if (fs::is_regular_file(beside / "config.json")) {
+        enc_dir = beside.string();
+        if (o.log) o.log("image encoder: " + enc_dir + " (beside the IP-Adapter)");
+      }
+    }
     if (enc_dir.empty() && ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("image_encoder"))
       enc_dir = ck.part("image_encoder").dir;
     if (enc_dir.empty())

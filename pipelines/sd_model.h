@@ -24,7 +24,8 @@ struct SdLoadOptions {
   // files, which carry none. Ignored for folders that have tokenizer/.
   std::string tokenizer_dir;
   // IP-Adapter weights (.safetensors, original or diffusers layout) and the CLIP image
-  // encoder folder it needs (default: the pipeline's image_encoder/ part).
+  // encoder folder it needs (default: an image_encoder/ folder beside the adapter file, else the
+  // pipeline's image_encoder/ part).
   std::string ip_adapter;
   std::string image_encoder_dir;
   // Load the image encoder even without an IP-Adapter (IP-Adapter training).

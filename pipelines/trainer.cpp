@@ -224,7 +224,7 @@ void Trainer::save() const {
   w.write(state_path(options_.checkpoint_dir));  // temp file + rename
 }
 
-bool Trainer::resume() {
+bool Trainer::resume(const std::function<void(const Json&)>& check_extra) {
   if (options_.checkpoint_dir.empty()) return false;
   const std::string path = state_path(options_.checkpoint_dir);
   if (!fs::exists(path)) return false;
@@ -250,6 +250,7 @@ bool Trainer::resume() {
                       std::to_string(options_.seed) + " (use another checkpoint folder or the same seed)");
   if (step < 0) throw FormatError(path + ": negative step " + std::to_string(step));
   Json extra = parse_json(meta_of("extra"), path + " metadata 'extra'");
+  if (check_extra) check_extra(extra);
 
   // Check everything before touching any tensor, so a mismatch leaves the trainer unchanged.
   const bool want_ema = !ema_.empty();

@@ -61,7 +61,9 @@ class Trainer {
 
   // Loads checkpoint_dir/trainer_state.safetensors when it exists; returns whether it did.
   // Throws FormatError (corrupt file) / CheckpointError (other parameters or shapes) naming it.
-  bool resume();
+  // `check_extra` sees the checkpoint's extra record before any tensor is compared, so a changed
+  // setting that also changes the parameter set is reported as the setting (check_same_settings).
+  bool resume(const std::function<void(const Json&)>& check_extra = {});
   // Writes the state atomically into checkpoint_dir (created). No-op without a checkpoint_dir.
   void save() const;
   static std::string state_path(const std::string& checkpoint_dir);

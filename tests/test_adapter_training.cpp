@@ -236,6 +236,58 @@ TEST(AdapterTraining, IpAdapterPlusTrainsSavesAndLoadsAsPlus) {
   EXPECT_EQ(generate(with, p).at(0).image.width, 32);
 }
 
+TEST(AdapterTraining, ATrainedImageEncoderIsACopyWrittenBesideTheAdapterThatTheLoaderUses) {
+  SdModel& model = tiny_model();
+  const auto enc = snapshot(*model.image_encoder);
+  for (bool plus : {false, true}) {
+    const std::string tag = plus ? "ip-enc-plus" : "ip-enc";
+    AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch(tag), 6);
+    o.ip_plus = plus;
+    o.train_image_encoder = true;
+    const AdapterTrainResult r = train_adapter(model, o, quiet());
+    EXPECT_LT(r.eval_loss_after, r.eval_loss_before) << tag;
+    expect_same(*model.image_encoder, enc, "the caller's image encoder");
+    // The trained encoder: the source's config beside weights that moved.
+    const std::string dir = scratch(tag) + "/image_encoder";
+    ASSERT_TRUE(std::filesystem::is_regular_file(dir + "/config.json"));
+    ASSERT_TRUE(std::filesystem::is_regular_file(dir + "/preprocessor_config.json"));
+    const auto trained = file_tensors(dir + "/model.safetensors");
+    ASSERT_EQ(trained.size(), enc.size());
+    bool moved = false;
+    for (const auto& [k, v] : trained) moved = moved || !at::equal(v, enc.at(k));
+    EXPECT_TRUE(moved) << tag;
+    // Loading the adapter picks up the encoder beside it, before the pipeline's own.
+    SdLoadOptions lo;
+    lo.ip_adapter = r.adapter_path;
+    SdModel with = SdModel::load(tiny_model_dir(), lo);
+    for (const auto& kv : with.image_encoder->named_parameters(true))
+      EXPECT_TRUE(at::equal(kv.value(), trained.at(kv.key()))) << kv.key();
+    // An explicit encoder folder still wins.
+    lo.image_encoder_dir = tiny_model_dir() + "/image_encoder";
+    expect_same(*SdModel::load(tiny_model_dir(), lo).image_encoder, enc, "an explicit --image-encoder");
+  }
+  // Resumed = uninterrupted, the encoder included (its weights and moments are in the state).
+  AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("ip-enc-straight"), 4);
+  o.train_image_encoder = true;
+  train_adapter(model, o, quiet());
+  o.out = scratch("ip-enc-resumed");
+  o.steps = 2;
+  train_adapter(model, o, quiet());
+  o.steps = 4;
+  o.resume = true;
+  train_adapter(model, o, quiet());
+  for (const char* f : {"/image_encoder/model.safetensors", "/ip-adapter.safetensors"})
+    EXPECT_TRUE(same_tensors(file_tensors(scratch("ip-enc-straight") + f), file_tensors(scratch("ip-enc-resumed") + f)))
+        << f;
+  // A resume must keep the setting; other adapters refuse it.
+  o.train_image_encoder = false;
+  o.steps = 5;
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "train_image_encoder");
+  AdapterTrainOptions style = options(AdapterKind::Style, scratch("bad-enc"), 2);
+  style.train_image_encoder = true;
+  expect_error<ConfigError>([&] { train_adapter(model, style, quiet()); }, "--train-image-encoder");
+}
+
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another
 // loss than the plain run's and trains other weights, and a resume must keep the same weight
 // (`key` names it in the checkpoint), including not switching it off.
