@@ -18,7 +18,7 @@ void add_sd_model_options(CLI::App* cmd, SdModelCliOptions& o) {
   cmd->add_option("--threads", o.threads, "CPU threads (0: all cores)");
   cmd->add_option("--tokenizer", o.tokenizer, "Tokenizer folder (single-file checkpoints carry none)");
   cmd->add_option("--ip-adapter", o.ip_adapter, "IP-Adapter weights (.safetensors, original or diffusers layout)");
-  cmd->add_option("--image-encoder", o.image_encoder, "CLIP image encoder folder (default: the model's image_encoder/)");
+  cmd->add_option("--image-encoder", o.image_encoder, "CLIP image encoder folder (default: image_encoder/ beside the IP-Adapter file, else the model's)");
   cmd->add_option("--style-adapter", o.style_adapter, "PokeFusion style adapter (style-adapter.safetensors)");
   cmd->add_option("--sk-adapter", o.sk_adapter, "SK-Adapter weights (sk-adapter.safetensors)");
 }

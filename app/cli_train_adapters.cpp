@@ -36,6 +36,11 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
     cmd->add_flag("--plus", o->ip_plus,
                   "IP-Adapter Plus: a resampler over the image encoder's patch features (16 tokens)");
   if (kind == AdapterKind::IpAdapter)
+    cmd->add_option("--text-teacher", o->text_teacher,
+                    "Image-only samples: share of the target taken from the frozen UNet's prediction given a "
+                    "caption stating every attribute (0: off)")
+        ->capture_default_str();
+  if (kind == AdapterKind::IpAdapter)
     cmd->add_flag("--train-image-encoder", o->train_image_encoder,
                   "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
                   "loader then uses with the adapter file beside it)");

@@ -16,6 +16,7 @@
 #include "diffusion/schedulers/schedule.h"
 #include "pipelines/stable_diffusion.h"
 #include "pipelines/trainer.h"
+#include "world/captions.h"
 #include "world/dataset.h"
 #include "world/render.h"
 
@@ -61,6 +62,8 @@ void AdapterTrainOptions::validate() const {
   if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
   if (train_image_encoder && kind != AdapterKind::IpAdapter)
     bad("--train-image-encoder applies to ip-adapter training only");
+  if (!(text_teacher >= 0 && text_teacher <= 1)) bad("--text-teacher must be in [0, 1]");
+  if (text_teacher > 0 && kind != AdapterKind::IpAdapter) bad("--text-teacher applies to ip-adapter training only");
 }
 
 namespace {
@@ -71,6 +74,7 @@ struct TrainSample {
   at::Tensor text;          // [77, D] caption embedding
   at::Tensor image_embeds;  // [D_img] (IP-Adapter), [1 + N, D] penultimate patch features (Plus)
   at::Tensor clip_pixels;   // [3, S, S] the encoder's preprocessed input (when it trains)
+  at::Tensor teacher_text;  // [77, D] the complete caption's embedding (text teacher)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
   at::Tensor loss_weight;   // [1, h, w] with a limb or object weight, else undefined
@@ -233,6 +237,12 @@ class AdapterTrainer {
       const at::Tensor pixels = image_to_tensor(img).to(model_.device);
       s.latents = model_.vae->to_diffusion_space(model_.vae->encode(pixels).mean)[0];
       s.text = encode_text(o_.kind == AdapterKind::Style ? e.caption : e.caption_with_style);
+      if (o_.kind == AdapterKind::IpAdapter && o_.text_teacher > 0) {
+        world::CaptionOptions co;  // every object's size and position, the style, the figure's pose
+        co.size_probability = co.position_probability = co.style_probability = 1;
+        world::Rng rng(world::hash_combine(o_.seed ^ 0x7eac4e5ull, static_cast<uint64_t>(e.index)));
+        s.teacher_text = encode_text(world::make_caption(e.scene, rng, co).text);
+      }
       if (o_.kind == AdapterKind::IpAdapter) {
         int h = 0, w = 0;
         std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
@@ -347,6 +357,22 @@ class AdapterTrainer {
     const at::Tensor noisy = acp.sqrt() * latents + (1 - acp).sqrt() * noise;
     std::vector<bool> rows(B);
     for (int64_t b = 0; b < B; ++b) rows[b] = !drop_cond[b];
+    // The text teacher: the backbone alone, given the complete caption (before any stream is
+    // attached), for the rows that prompt with the image only.
+    at::Tensor teacher, teacher_share;  // [B, C, h, w], [B, 1, 1, 1]
+    if (o_.text_teacher > 0) {
+      std::vector<float> share(B, 0.f);
+      std::vector<at::Tensor> full;
+      for (int64_t b = 0; b < B; ++b) {
+        if (drop_text[b] && !drop_cond[b]) share[b] = static_cast<float>(o_.text_teacher);
+        full.push_back(samples_[idx[b]].teacher_text);
+      }
+      if (std::any_of(share.begin(), share.end(), [](float v) { return v > 0; })) {
+        torch::NoGradGuard no_grad;
+        teacher = model_.unet->forward(noisy, t.to(model_.device), at::stack(full));
+        teacher_share = at::tensor(share).to(model_.device).view({B, 1, 1, 1});
+      }
+    }
     attach(idx, rows);
     struct Detach {
       UNet2DCondition& unet;
@@ -357,7 +383,8 @@ class AdapterTrainer {
       }
     } detach{model_.unet};
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
-    const at::Tensor target = prediction_target(prediction_, latents, noise, acp);
+    at::Tensor target = prediction_target(prediction_, latents, noise, acp);
+    if (teacher.defined()) target = target + teacher_share * (teacher - target);
     if (o_.limb_weight <= 0 && o_.object_weight <= 0) return at::mse_loss(pred, target);
     std::vector<at::Tensor> w;
     for (int64_t b = 0; b < B; ++b) w.push_back(samples_[idx[b]].loss_weight);
@@ -431,6 +458,7 @@ class AdapterTrainer {
     if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
     if (o_.ip_plus) j["plus"] = true;
     if (o_.train_image_encoder) j["train_image_encoder"] = true;
+    if (o_.text_teacher > 0) j["text_teacher"] = o_.text_teacher;
     if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
     return j;
   }

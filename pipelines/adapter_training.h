@@ -79,6 +79,14 @@ struct AdapterTrainOptions {
   // IP-Adapter releases ship their encoder (models/image_encoder/). The model's own encoder is
   // not changed: the trainer works on a copy.
   bool train_image_encoder = false;
+  // IP-Adapter only: distillation from the text-conditioned backbone. For a sample whose caption
+  // is dropped and image kept (the image-only prompt), the target becomes
+  //   (1 - a) * denoising target + a * UNet(x_t, t, complete caption)
+  // with a = text_teacher: the frozen UNet's own prediction given a caption that states every
+  // object's colour, shape, size and position, the style and the figure. The noise target at
+  // high noise is one sample of many scenes; the teacher's is the expectation given the scene,
+  // which tells the adapter where each object goes and how many there are. 0: off.
+  double text_teacher = 0;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint

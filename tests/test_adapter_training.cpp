@@ -1,6 +1,7 @@
 // Adapter training with the backbone frozen, on a tiny random SD model and a small Tinyworld
 // folder: the loss on fixed samples goes down, the backbone is bit-identical afterwards, a
 // resumed run equals an uninterrupted one, a dropped condition trains nothing, bad options fail.
+#include <cmath>
 #include <functional>
 
 #include <gtest/gtest.h>
@@ -286,6 +287,41 @@ TEST(AdapterTraining, ATrainedImageEncoderIsACopyWrittenBesideTheAdapterThatTheL
   AdapterTrainOptions style = options(AdapterKind::Style, scratch("bad-enc"), 2);
   style.train_image_encoder = true;
   expect_error<ConfigError>([&] { train_adapter(model, style, quiet()); }, "--train-image-encoder");
+}
+
+TEST(AdapterTraining, TheTextTeacherChangesTheImageOnlyTargetAndResumesOnlyWithItsShare) {
+  // Image-only rows (caption always dropped, image kept): the teacher's share moves the target
+  // and so the first step's loss and the trained weights; with no image-only row (nothing
+  // dropped) it changes nothing at all.
+  auto run = [](const std::string& tag, double teacher, double drop_text) {
+    AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch(tag), 4);
+    o.text_teacher = teacher;
+    o.drop_text = drop_text;
+    o.drop_cond = o.drop_both = 0;
+    return train_adapter(tiny_model(), o, quiet());
+  };
+  const AdapterTrainResult plain = run("tt-plain", 0, 1), taught = run("tt-taught", 1, 1);
+  EXPECT_NE(plain.losses[0], taught.losses[0]);
+  EXPECT_FALSE(same_tensors(file_tensors(plain.adapter_path), file_tensors(taught.adapter_path)));
+  const AdapterTrainResult plain_text = run("tt-plain-text", 0, 0), taught_text = run("tt-taught-text", 1, 0);
+  EXPECT_EQ(plain_text.losses, taught_text.losses);
+  EXPECT_TRUE(same_tensors(file_tensors(plain_text.adapter_path), file_tensors(taught_text.adapter_path)));
+  // A resume with another share (or none) is refused; so are shares outside [0, 1] and other adapters.
+  AdapterTrainOptions again = options(AdapterKind::IpAdapter, scratch("tt-taught"), 6);
+  again.drop_text = 1;
+  again.drop_cond = again.drop_both = 0;
+  again.resume = true;
+  again.text_teacher = 0.5;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, "text_teacher");
+  again.text_teacher = 0;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, "text_teacher");
+  for (double bad : {-0.1, 1.5, std::nan("")}) {
+    again.text_teacher = bad;
+    expect_error<ConfigError>([&] { train_adapter(tiny_model(), again, quiet()); }, "--text-teacher");
+  }
+  AdapterTrainOptions style = options(AdapterKind::Style, scratch("tt-style"), 2);
+  style.text_teacher = 0.5;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--text-teacher");
 }
 
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another
