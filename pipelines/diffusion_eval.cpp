@@ -331,6 +331,8 @@ std::vector<EvalFigure> DiffusionEvalResult::figures() const {
     case EvalTask::Skeleton:
       f.push_back({"PCK@0.1 adapter", score.joints, 80});
       if (has_baseline) f.push_back({"PCK@0.1 without", baseline.joints, 0});
+      f.push_back({"limbs adapter", score.limb_joints, 0});
+      if (has_baseline) f.push_back({"limbs without", baseline.limb_joints, 0});
       break;
     case EvalTask::Autoencoder:
       f.push_back({"round trip", headline(), 0});
@@ -453,7 +455,7 @@ Json score_json(const world::SceneScore& s) {
       {"color", &s.color},   {"shape", &s.shape},         {"size", &s.size},     {"position", &s.position},
       {"count", &s.count},   {"style", &s.style},         {"background", &s.background},
       {"figure", &s.figure}, {"figure_color", &s.figure_color}, {"arms", &s.arms}, {"legs", &s.legs},
-      {"joints_pck", &s.joints}};
+      {"joints_pck", &s.joints}, {"limb_joints_pck", &s.limb_joints}};
   Json j = Json::object();
   for (const auto& [name, t] : rows)
     if (t->total) j[name] = tally_json(*t);

@@ -14,7 +14,8 @@
 //             how often the analyzer recognises the requested style, and the caption's
 //             content attributes as in t2i.
 //   skeleton  a caption with a stick figure + that figure's skeleton: PCK@0.1 of the joints the
-//             analyzer reads, with the SK-Adapter and (same prompts and seeds) without it.
+//             analyzer reads, with the SK-Adapter and (same prompts and seeds) without it; also
+//             of the limb joints alone (elbows, wrists, knees, ankles: the ones a pose moves).
 //   vae       no generation: each held-out render through the VAE (encode, mean latent, decode),
 //             every attribute of the scene scored. The ceiling any latent generator with this
 //             VAE can reach, so a low t2i figure can be told apart from a lossy autoencoder.

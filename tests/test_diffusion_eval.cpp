@@ -193,6 +193,17 @@ TEST(DiffusionEval, PckOfHandMadeSkeletons) {
   EXPECT_DOUBLE_EQ(world::pck(s, shifted).rate(), 0.0);
   EXPECT_DOUBLE_EQ(world::pck(s, near).rate(), 1.0);  // 0.071 <= 0.1
   EXPECT_DOUBLE_EQ(world::pck(s, {}).rate(), 0.0);    // nothing found
+  // Limb joints: the 8 elbows, wrists, knees and ankles. Torso joints right and limbs moved:
+  // all-joint PCK 6/14, limb PCK 0.
+  std::vector<world::JointEstimate> limbs_moved = same;
+  for (size_t i = 0; i < s.joints.size(); ++i) {
+    const std::string& type = s.joints[i].type;
+    if (type == "elbow" || type == "wrist" || type == "knee" || type == "ankle") limbs_moved[i].x += 0.15;
+  }
+  EXPECT_EQ(world::pck_limbs(s, same).total, 8);
+  EXPECT_DOUBLE_EQ(world::pck_limbs(s, same).rate(), 1.0);
+  EXPECT_DOUBLE_EQ(world::pck_limbs(s, limbs_moved).rate(), 0.0);
+  EXPECT_EQ(world::pck(s, limbs_moved).correct, 6);
 }
 
 TEST(DiffusionEval, RendersOfTheTargetsScoreFullMarksAndWrongImagesDoNot) {
@@ -244,6 +255,9 @@ TEST(DiffusionEval, RendersOfTheTargetsScoreFullMarksAndWrongImagesDoNot) {
     EXPECT_GE(rate(r.score.joints), 0.95) << format_eval_table(r);
     EXPECT_LE(rate(r.baseline.joints), 0.1) << format_eval_table(r);
     EXPECT_EQ(r.score.joints.total, 6 * 14);
+    EXPECT_EQ(r.score.limb_joints.total, 6 * 8);
+    EXPECT_GE(rate(r.score.limb_joints), 0.95) << format_eval_table(r);
+    EXPECT_LE(rate(r.baseline.limb_joints), 0.1) << format_eval_table(r);
     EXPECT_EQ(r.baseline_images.size(), 6u);
     expect_well_formed(r, o);
     const std::string table = format_eval_table(r);

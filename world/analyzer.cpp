@@ -808,6 +808,7 @@ SceneScore& SceneScore::operator+=(const SceneScore& o) {
   color += o.color, shape += o.shape, size += o.size, position += o.position;
   count += o.count, style += o.style, background += o.background;
   figure += o.figure, figure_color += o.figure_color, arms += o.arms, legs += o.legs, joints += o.joints;
+  limb_joints += o.limb_joints;
   return *this;
 }
 
@@ -817,15 +818,27 @@ Tally SceneScore::object_attributes() const {
   return t;
 }
 
-Tally pck(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold) {
+namespace {
+Tally pck_of(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold, bool limbs_only) {
   Tally t;
   for (size_t i = 0; i < target.joints.size(); ++i) {
     if (target.joints[i].confidence <= 0) continue;
+    const std::string& type = target.joints[i].type;
+    if (limbs_only && type != "elbow" && type != "wrist" && type != "knee" && type != "ankle") continue;
     const bool ok = i < got.size() && got[i].found &&
                     std::hypot(got[i].x - target.joints[i].x, got[i].y - target.joints[i].y) <= threshold;
     t.add(ok);
   }
   return t;
+}
+}  // namespace
+
+Tally pck(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold) {
+  return pck_of(target, got, threshold, false);
+}
+
+Tally pck_limbs(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold) {
+  return pck_of(target, got, threshold, true);
 }
 
 SceneScore score_scene(const Scene& target, const AnalyzedScene& got, const ScoreOptions& opt) {
@@ -900,9 +913,12 @@ SceneScore score_scene(const Scene& target, const AnalyzedScene& got, const Scor
     if (!cap || cap->arms) sc.arms.add(gf && gf->arms == tf.arms);
     if (!cap || cap->legs) sc.legs.add(gf && gf->legs == tf.legs);
   }
-  if (target.figure)
-    sc.joints +=
-        pck(target.figure->skeleton, got.figure ? got.figure->joints : std::vector<JointEstimate>{}, opt.pck_threshold);
+  if (target.figure) {
+    const std::vector<JointEstimate> none;
+    const std::vector<JointEstimate>& found = got.figure ? got.figure->joints : none;
+    sc.joints += pck(target.figure->skeleton, found, opt.pck_threshold);
+    sc.limb_joints += pck_limbs(target.figure->skeleton, found, opt.pck_threshold);
+  }
   return sc;
 }
 
@@ -926,6 +942,7 @@ std::string format_score_table(const SceneScore& s) {
   row("arms", s.arms);
   row("legs", s.legs);
   row("joints (PCK)", s.joints);
+  row("limb joints", s.limb_joints);
   row("objects (all)", s.object_attributes());
   return out;
 }

@@ -104,6 +104,10 @@ struct SceneScore {
   Tally count, style, background;
   // Stick figure: present/absent agreement, colour, arm and leg pose, PCK of the joints.
   Tally figure, figure_color, arms, legs, joints;
+  // PCK of the elbows, wrists, knees and ankles alone: the joints a pose moves. Head, neck,
+  // shoulders and hips sit where any standing figure's do, so PCK of all joints stays high for
+  // a figure in the wrong pose at the right place.
+  Tally limb_joints;
 
   SceneScore& operator+=(const SceneScore& o);
   // Share of correct object attributes (colour, shape, size, position together).
@@ -124,6 +128,8 @@ SceneScore score_scene(const Scene& target, const AnalyzedScene& got, const Scor
 // PCK: joints of `target` (default topology, confidence > 0) whose estimate is found and
 // within `threshold` (image-normalised distance) of the truth.
 Tally pck(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold = 0.1);
+// The same over the joints of type elbow, wrist, knee and ankle only.
+Tally pck_limbs(const Skeleton& target, const std::vector<JointEstimate>& got, double threshold = 0.1);
 
 // A fixed-width table, one row per attribute: name, correct/total, percent.
 std::string format_score_table(const SceneScore& s);
