@@ -186,10 +186,10 @@ class AdapterTrainer {
 
   // The model's encoder is shared with the caller: train a copy, with gradients on.
   void make_trainable_encoder_copy() {
-    encoder_dir_ = (fs::path(model_.source) / "image_encoder").string();
-    if (!fs::is_regular_file(fs::path(encoder_dir_) / "config.json"))
-      throw ConfigError(model_.source + ": --train-image-encoder needs the pipeline folder's image_encoder/ (its "
-                        "config.json is written with the trained weights)");
+    const std::string& dir = model_.image_encoder_dir;
+    if (!fs::is_regular_file(fs::path(dir) / "config.json"))
+      throw ConfigError(model_.source + ": --train-image-encoder needs the folder the image encoder was loaded from "
+                        "(its config.json is written with the trained weights); got \"" + dir + "\"");
     const ClipVisionModel& from = model_.image_encoder;
     ClipVisionModel copy(from->config(), from->with_projection());
     {
@@ -249,12 +249,10 @@ class AdapterTrainer {
         const at::Tensor clip_in = at::from_blob(chw.data(), {1, 3, h, w}, at::kFloat).clone().to(model_.device);
         if (o_.train_image_encoder) {
           s.clip_pixels = clip_in[0];
-        } else if (o_.ip_plus) {
-          s.image_embeds = model_.image_encoder->hidden_state(clip_in, -2)[0];
-          // The unconditional input, as at inference: the features of an all-zero image.
-          if (!no_image_.defined()) no_image_ = model_.image_encoder->hidden_state(at::zeros_like(clip_in), -2)[0];
         } else {
-          s.image_embeds = model_.image_encoder->forward(clip_in).image_embeds[0];
+          s.image_embeds = image_features(clip_in)[0];
+          // Plus's unconditional input, as at inference: the features of an all-zero image.
+          if (o_.ip_plus && !no_image_.defined()) no_image_ = image_features(at::zeros_like(clip_in))[0];
         }
       } else if (o_.kind == AdapterKind::Style) {
         s.style = std::find(styles_.begin(), styles_.end(), world::name(e.style)) - styles_.begin();
@@ -487,8 +485,8 @@ class AdapterTrainer {
     const fs::path dir = fs::path(o_.out) / "image_encoder";
     fs::create_directories(dir);
     for (const char* f : {"config.json", "preprocessor_config.json"})
-      if (fs::is_regular_file(fs::path(encoder_dir_) / f))
-        fs::copy_file(fs::path(encoder_dir_) / f, dir / f, fs::copy_options::overwrite_existing);
+      if (fs::is_regular_file(fs::path(model_.image_encoder_dir) / f))
+        fs::copy_file(fs::path(model_.image_encoder_dir) / f, dir / f, fs::copy_options::overwrite_existing);
     NamedTensors ts;
     for (const auto& kv : model_.image_encoder->named_parameters(true))
       ts.emplace_back(kv.key(), kv.value().detach().to(c10::kCPU));
@@ -497,7 +495,6 @@ class AdapterTrainer {
 
   AdapterTrainOptions o_;
   AdapterTrainCallbacks cb_;
-  std::string encoder_dir_;  // the source image encoder folder (train_image_encoder)
   SdModel model_;
   at::Tensor schedule_;  // alphas_cumprod [T]
   PredictionType prediction_ = PredictionType::Epsilon;  // the backbone's (scheduler config)

@@ -133,6 +133,7 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
                         ": an IP-Adapter needs a CLIP image encoder: the model has no image_encoder/ folder; pass one");
     Checkpoint enc = Checkpoint::open(enc_dir);
     m.image_encoder = load_clip_vision_model(enc.parts()[0]);
+    m.image_encoder_dir = enc_dir;
     m.image_encoder->eval();
     // The encoder's own processor config, else the pipeline's feature_extractor/, else the
     // encoder's own image size.

@@ -48,6 +48,7 @@ struct SdModel {
   // Image prompt support (null unless an IP-Adapter was loaded).
   IpAdapter ip_adapter{nullptr};
   ClipVisionModel image_encoder{nullptr};
+  std::string image_encoder_dir;  // the folder it was loaded from
   ClipPreprocessConfig image_preprocess;
   // Style and skeleton streams (null unless loaded). styles/NAME.safetensors next to the style
   // adapter file are found by name.

@@ -427,7 +427,9 @@ TrainReport train_starter_vae(const StarterTrainOptions& o) {
                          {"gradient_weight", o.vae_gradient_weight},
                          {"latent_noise", o.vae_latent_noise},
                          {"denoised", {o.vae_denoised, o.vae_denoised > 0 ? o.vae_denoised_images : 0}}};
-  if (t.resume() && !t.extra().empty()) check_same_settings(t.extra(), settings, Trainer::state_path(o.work_dir));
+  t.resume([&](const Json& saved) {
+    if (!saved.empty()) check_same_settings(saved, settings, Trainer::state_path(o.work_dir));
+  });
   t.extra() = settings;
   const int64_t B = batch_of(o, kVae);
   const double kl_weight = 1e-5;

@@ -284,6 +284,12 @@ TEST(AdapterTraining, ATrainedImageEncoderIsACopyWrittenBesideTheAdapterThatTheL
   o.train_image_encoder = false;
   o.steps = 5;
   expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "train_image_encoder");
+  // An encoder that came from no folder has no config to write beside the trained weights.
+  SdModel unsourced = model;
+  unsourced.image_encoder_dir.clear();
+  AdapterTrainOptions fresh = options(AdapterKind::IpAdapter, scratch("ip-enc-unsourced"), 2);
+  fresh.train_image_encoder = true;
+  expect_error<ConfigError>([&] { train_adapter(unsourced, fresh, quiet()); }, "the folder the image encoder was loaded from");
   AdapterTrainOptions style = options(AdapterKind::Style, scratch("bad-enc"), 2);
   style.train_image_encoder = true;
   expect_error<ConfigError>([&] { train_adapter(model, style, quiet()); }, "--train-image-encoder");

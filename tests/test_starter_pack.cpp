@@ -29,6 +29,7 @@
 
 namespace fs = std::filesystem;
 using namespace iris;
+using iris::testing_util::expect_error;
 
 namespace {
 
@@ -215,12 +216,7 @@ TEST(StarterPack, VaeFinetuneAndDecoderOnlyStartFromThePacksVae) {
   StarterTrainOptions none = dec;
   none.out_dir = (root / "empty").string();
   fs::create_directories(none.out_dir);
-  try {
-    train_starter_vae(none);
-    FAIL() << "expected IoError";
-  } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("iris train vae"), std::string::npos) << e.what();
-  }
+  expect_error<IoError>([&] { train_starter_vae(none); }, "iris train vae");
 }
 
 // The edge (neighbour-difference) term and latent noise each change what a decoder-only step
@@ -265,12 +261,7 @@ TEST(StarterPack, VaeGradientWeightAndLatentNoiseChangeTheDecodersLoss) {
       StarterTrainOptions b = o;
       b.data_dir = (root / "missing").string();
       b.*field = bad;
-      try {
-        train_starter_vae(b);
-        FAIL() << "expected ConfigError for " << option;
-      } catch (const ConfigError& e) {
-        EXPECT_NE(std::string(e.what()).find(option), std::string::npos) << e.what();
-      }
+      expect_error<ConfigError>([&] { train_starter_vae(b); }, option);
     }
 }
 
@@ -290,21 +281,14 @@ TEST(StarterPack, VaeResumeRefusesOtherLossSettings) {
   d.checkpoint_every = 1;
   train_starter_vae(d);  // stops at step 2, checkpoint saved
   d.stop_at = 0;
-  for (const auto& [gradient_weight, said] : {std::pair<double, std::string>{0, "now 0"}, {3, "was 2"}}) {
+  for (const auto& [gradient_weight, said] : {std::pair<double, std::string>{0, "0.0"}, {3, "3.0"}}) {
     StarterTrainOptions other = d;
     other.vae_gradient_weight = gradient_weight;
-    try {
-      train_starter_vae(other);
-      FAIL() << "expected ConfigError for gradient weight " << gradient_weight;
-    } catch (const ConfigError& e) {
-      const std::string what = e.what();
-      EXPECT_NE(what.find("gradient_weight"), std::string::npos) << what;
-      EXPECT_NE(what.find(said), std::string::npos) << what;
-    }
+    expect_error<ConfigError>([&] { train_starter_vae(other); }, "\"gradient_weight\" was 2.0, now " + said);
   }
   StarterTrainOptions noisy = d;
   noisy.vae_latent_noise = 0.1;  // a setting the checkpoint did not have
-  EXPECT_THROW(train_starter_vae(noisy), ConfigError);
+  expect_error<ConfigError>([&] { train_starter_vae(noisy); }, "\"latent_noise\" was 0.0, now 0.1");
   const TrainReport same = train_starter_vae(d);
   EXPECT_EQ(same.losses.size(), 2u);  // steps 3 and 4
 
@@ -316,12 +300,7 @@ TEST(StarterPack, VaeResumeRefusesOtherLossSettings) {
   train_starter_vae(plain);
   plain.stop_at = 0;
   plain.vae_gradient_weight = 2;
-  try {
-    train_starter_vae(plain);
-    FAIL() << "expected ConfigError";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("gradient_weight"), std::string::npos) << e.what();
-  }
+  expect_error<ConfigError>([&] { train_starter_vae(plain); }, "gradient_weight");
 }
 
 // --denoised: part of each batch decodes latents the pack's own UNet denoised (img2img of the
@@ -357,19 +336,16 @@ TEST(StarterPack, VaeDecoderLearnsFromTheUnetsDenoisedLatents) {
   EXPECT_TRUE(at::equal(before.at("encoder.conv_in.weight"), after.at("encoder.conv_in.weight")));
   EXPECT_FALSE(at::equal(before.at("decoder.conv_out.weight"), after.at("decoder.conv_out.weight")));
 
-  // The encoder must stay as the UNet knows it; a share above 1 is no share.
+  // The encoder must stay as the UNet knows it; a share above 1 is no share; nor are 0 latents.
   StarterTrainOptions whole = d;
   whole.vae_decoder_only = false;
   whole.vae_from_pack = true;
   StarterTrainOptions over = d;
   over.vae_denoised = 1.5;
-  for (const StarterTrainOptions* bad : {&whole, &over}) {
-    try {
-      train_starter_vae(*bad);
-      FAIL() << "expected ConfigError";
-    } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find("--denoised"), std::string::npos) << e.what();
-    }
+  StarterTrainOptions none_made = d;
+  none_made.vae_denoised_images = 0;
+  for (const StarterTrainOptions* bad : {&whole, &over, &none_made}) {
+    expect_error<ConfigError>([&] { train_starter_vae(*bad); }, "--denoised");
   }
 }
 
@@ -384,12 +360,7 @@ TEST(StarterPack, UnetFinetuneStartsFromThePackAndCanTrainTheTextEncoder) {
   train_starter_clip(o);
   StarterTrainOptions ft = o;
   ft.unet_from_pack = true;
-  try {
-    train_starter_unet(ft);
-    FAIL() << "expected IoError";
-  } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("iris train unet"), std::string::npos) << e.what();
-  }
+  expect_error<IoError>([&] { train_starter_unet(ft); }, "iris train unet");
   train_starter_unet(o);
   const std::string unet_file = (out / "unet/diffusion_pytorch_model.safetensors").string();
   const std::string text_file = (out / "text_encoder/model.safetensors").string();
@@ -458,12 +429,7 @@ TEST(StarterPack, BadInputGivesClearErrors) {
   const fs::path root = testing_util::scratch_dir();
   // Missing data folder.
   StarterTrainOptions o = tiny_options((root / "nope").string(), root / "pack", 2);
-  try {
-    train_starter_vae(o);
-    FAIL() << "expected IoError";
-  } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
-  }
+  expect_error<IoError>([&] { train_starter_vae(o); }, "nope");
   EXPECT_THROW(train_starter_tokenizer(o), IoError);
   // Empty dataset.
   fs::create_directories(root / "empty");
@@ -473,12 +439,7 @@ TEST(StarterPack, BadInputGivesClearErrors) {
   EXPECT_THROW(train_starter_tokenizer(o), ConfigError);
   // The UNet before its inputs exist names the command that makes them.
   o.data_dir = make_dataset(root / "data", 4);
-  try {
-    train_starter_unet(o);
-    FAIL() << "expected IoError";
-  } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("iris train tokenizer"), std::string::npos) << e.what();
-  }
+  expect_error<IoError>([&] { train_starter_unet(o); }, "iris train tokenizer");
   // A corrupt checkpoint.
   o.work_dir = (root / "work").string();
   fs::create_directories(o.work_dir);
