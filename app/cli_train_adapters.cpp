@@ -41,6 +41,16 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
                     "caption stating every attribute (0: off)")
         ->capture_default_str();
   if (kind == AdapterKind::IpAdapter)
+    cmd->add_option("--caption-regression", o->caption_regression,
+                    "With --plus: weight of an MSE pulling the image tokens onto the text encoder's states of "
+                    "the scene's complete caption (one token per text position; 0: off)")
+        ->capture_default_str();
+  if (kind == AdapterKind::IpAdapter)
+    cmd->add_option("--denoising-weight", o->denoising_weight,
+                    "Weight of the denoising loss (0 with --caption-regression: train the image projection alone; "
+                    "to_k_ip / to_v_ip stay copies of to_k / to_v)")
+        ->capture_default_str();
+  if (kind == AdapterKind::IpAdapter)
     cmd->add_flag("--train-image-encoder", o->train_image_encoder,
                   "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
                   "loader then uses with the adapter file beside it)");

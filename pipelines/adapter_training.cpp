@@ -64,6 +64,14 @@ void AdapterTrainOptions::validate() const {
     bad("--train-image-encoder applies to ip-adapter training only");
   if (!(text_teacher >= 0 && text_teacher <= 1)) bad("--text-teacher must be in [0, 1]");
   if (text_teacher > 0 && kind != AdapterKind::IpAdapter) bad("--text-teacher applies to ip-adapter training only");
+  if (!(caption_regression >= 0) || !std::isfinite(caption_regression)) bad("--caption-regression must be >= 0");
+  if (caption_regression > 0 && (kind != AdapterKind::IpAdapter || !ip_plus))
+    bad("--caption-regression applies to ip-adapter training with --plus only (one token per text position)");
+  if (!(denoising_weight >= 0) || !std::isfinite(denoising_weight)) bad("--denoising-weight must be >= 0");
+  if (denoising_weight != 1 && kind != AdapterKind::IpAdapter) bad("--denoising-weight applies to ip-adapter training only");
+  if (denoising_weight == 0 && caption_regression <= 0)
+    bad("--denoising-weight 0 leaves no loss: it needs --caption-regression");
+  if (denoising_weight == 0 && text_teacher > 0) bad("--text-teacher shapes the denoising loss: not with --denoising-weight 0");
 }
 
 namespace {
@@ -75,6 +83,7 @@ struct TrainSample {
   at::Tensor image_embeds;  // [D_img] (IP-Adapter), [1 + N, D] penultimate patch features (Plus)
   at::Tensor clip_pixels;   // [3, S, S] the encoder's preprocessed input (when it trains)
   at::Tensor teacher_text;  // [77, D] the complete caption's embedding (text teacher)
+  at::Tensor caption_states;  // [77, D] world::complete_caption's embedding (caption regression)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
   at::Tensor loss_weight;   // [1, h, w] with a limb or object weight, else undefined
@@ -243,6 +252,7 @@ class AdapterTrainer {
         world::Rng rng(world::hash_combine(o_.seed ^ 0x7eac4e5ull, static_cast<uint64_t>(e.index)));
         s.teacher_text = encode_text(world::make_caption(e.scene, rng, co).text);
       }
+      if (o_.caption_regression > 0) s.caption_states = encode_text(world::complete_caption(e.scene).text);
       if (o_.kind == AdapterKind::IpAdapter) {
         int h = 0, w = 0;
         std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
@@ -287,7 +297,8 @@ class AdapterTrainer {
       c.image_dim = o_.ip_plus ? ec.hidden_size : ec.projection_dim;
       if (o_.ip_plus) {  // a small resampler for a small UNet: width = the text width, 64-wide heads
         c.variant = IpVariant::Plus;
-        c.tokens = 16;
+        // With caption regression: one query per text position ([77, D] in SD, the pack's 64).
+        c.tokens = o_.caption_regression > 0 ? empty_text_.size(0) : 16;
         c.hidden = unet->config().cross_attention_dim;
         c.dim_head = 64;
         c.heads = std::max<int64_t>(1, c.hidden / c.dim_head);
@@ -312,6 +323,16 @@ class AdapterTrainer {
   // The adapter's parameters, and the image encoder's (under "image_encoder.") when it trains.
   NamedTensors trainable_parameters() {
     NamedTensors p = named_trainable_parameters(*module_);
+    if (o_.kind == AdapterKind::IpAdapter && o_.denoising_weight == 0) {  // K/V stay copies of to_k / to_v
+      p.erase(std::remove_if(p.begin(), p.end(),
+                             [](const auto& kv) {
+                               return kv.first.find("to_k_ip") != std::string::npos ||
+                                      kv.first.find("to_v_ip") != std::string::npos;
+                             }),
+              p.end());
+      for (auto* kv : {&ip_->to_k_ip, &ip_->to_v_ip})
+        for (auto& l : *kv) l->weight.set_requires_grad(false);
+    }
     if (o_.train_image_encoder)
       for (auto& kv : named_trainable_parameters(*model_.image_encoder, "image_encoder.")) p.push_back(kv);
     return p;
@@ -343,6 +364,12 @@ class AdapterTrainer {
   at::Tensor batch_loss(const std::vector<int64_t>& idx, const std::vector<int64_t>& ts,
                         const std::vector<bool>& drop_text, const std::vector<bool>& drop_cond, at::Generator& gen) {
     const auto B = static_cast<int64_t>(idx.size());
+    std::vector<bool> rows(B);
+    for (int64_t b = 0; b < B; ++b) rows[b] = !drop_cond[b];
+    if (o_.kind == AdapterKind::IpAdapter && o_.denoising_weight == 0) {  // the projection alone
+      ip_tokens_ = ip_->image_tokens(image_inputs(idx, rows));
+      return o_.caption_regression * caption_regression_loss(idx, rows);
+    }
     std::vector<at::Tensor> x0, ctx;
     for (int64_t b = 0; b < B; ++b) {
       x0.push_back(samples_[idx[b]].latents);
@@ -353,8 +380,6 @@ class AdapterTrainer {
     const at::Tensor noise = seeded_randn(latents.sizes(), gen, model_.device);
     const at::Tensor acp = schedule_.index_select(0, t).to(model_.device).view({B, 1, 1, 1});
     const at::Tensor noisy = acp.sqrt() * latents + (1 - acp).sqrt() * noise;
-    std::vector<bool> rows(B);
-    for (int64_t b = 0; b < B; ++b) rows[b] = !drop_cond[b];
     // The text teacher: the backbone alone, given the complete caption (before any stream is
     // attached), for the rows that prompt with the image only.
     at::Tensor teacher, teacher_share;  // [B, C, h, w], [B, 1, 1, 1]
@@ -383,38 +408,60 @@ class AdapterTrainer {
     const at::Tensor pred = model_.unet->forward(noisy, t.to(model_.device), at::stack(ctx));
     at::Tensor target = prediction_target(prediction_, latents, noise, acp);
     if (teacher.defined()) target = target + teacher_share * (teacher - target);
-    if (o_.limb_weight <= 0 && o_.object_weight <= 0) return at::mse_loss(pred, target);
-    std::vector<at::Tensor> w;
-    for (int64_t b = 0; b < B; ++b) w.push_back(samples_[idx[b]].loss_weight);
-    const at::Tensor weight = at::stack(w);  // [B, 1, h, w], broadcast over channels
-    return ((pred - target).pow(2) * weight).mean() / weight.mean();
+    at::Tensor loss;  // the denoising loss
+    if (o_.limb_weight <= 0 && o_.object_weight <= 0) {
+      loss = at::mse_loss(pred, target);
+    } else {
+      std::vector<at::Tensor> w;
+      for (int64_t b = 0; b < B; ++b) w.push_back(samples_[idx[b]].loss_weight);
+      const at::Tensor weight = at::stack(w);  // [B, 1, h, w], broadcast over channels
+      loss = ((pred - target).pow(2) * weight).mean() / weight.mean();
+    }
+    if (o_.denoising_weight != 1) loss = o_.denoising_weight * loss;
+    if (o_.caption_regression > 0) loss = loss + o_.caption_regression * caption_regression_loss(idx, rows);
+    return loss;
+  }
+
+  // MSE between the step's image tokens (ip_tokens_, [B, T, C]) and the text encoder's states of
+  // each scene's complete caption; a row whose image is dropped (the unconditional input) is
+  // pulled onto the empty prompt's states, which is what classifier-free guidance then pairs.
+  at::Tensor caption_regression_loss(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
+    std::vector<at::Tensor> states;
+    for (size_t b = 0; b < idx.size(); ++b) states.push_back(rows[b] ? samples_[idx[b]].caption_states : empty_text_);
+    return at::mse_loss(ip_tokens_, at::stack(states).view_as(ip_tokens_));
+  }
+
+  // The adapter's input for rows idx: image embeds [B, D_img] or (Plus) patch features
+  // [B, 1 + N, D]. A dropped image (rows[b] false) is what inference's unconditional branch
+  // uses: zero image embeds, or (Plus) the features of an all-zero image.
+  at::Tensor image_inputs(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
+    const auto B = static_cast<int64_t>(idx.size());
+    if (o_.train_image_encoder) {
+      std::vector<at::Tensor> px;
+      std::vector<float> keep;
+      for (int64_t b = 0; b < B; ++b) {
+        const at::Tensor& p = samples_[idx[b]].clip_pixels;
+        px.push_back(rows[b] || !o_.ip_plus ? p : at::zeros_like(p));
+        keep.push_back(rows[b] ? 1.f : 0.f);
+      }
+      at::Tensor embeds = image_features(at::stack(px));
+      if (!o_.ip_plus) embeds = embeds * at::tensor(keep).to(embeds.device()).view({B, 1});
+      return embeds;
+    }
+    std::vector<at::Tensor> e;
+    for (int64_t b = 0; b < B; ++b)
+      e.push_back(rows[b] ? samples_[idx[b]].image_embeds
+                          : o_.ip_plus ? no_image_ : at::zeros_like(samples_[idx[b]].image_embeds));
+    return at::stack(e);
   }
 
   void attach(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
     const auto B = static_cast<int64_t>(idx.size());
     UNet2DCondition& unet = model_.unet;
     if (o_.kind == AdapterKind::IpAdapter) {
-      // A dropped image is what inference's unconditional branch uses: zero image embeds, or
-      // (Plus) the features of an all-zero image.
-      at::Tensor embeds;
-      if (o_.train_image_encoder) {
-        std::vector<at::Tensor> px;
-        std::vector<float> keep;
-        for (int64_t b = 0; b < B; ++b) {
-          const at::Tensor& p = samples_[idx[b]].clip_pixels;
-          px.push_back(rows[b] || !o_.ip_plus ? p : at::zeros_like(p));
-          keep.push_back(rows[b] ? 1.f : 0.f);
-        }
-        embeds = image_features(at::stack(px));
-        if (!o_.ip_plus) embeds = embeds * at::tensor(keep).to(embeds.device()).view({B, 1});
-      } else {
-        std::vector<at::Tensor> e;
-        for (int64_t b = 0; b < B; ++b)
-          e.push_back(rows[b] ? samples_[idx[b]].image_embeds
-                              : o_.ip_plus ? no_image_ : at::zeros_like(samples_[idx[b]].image_embeds));
-        embeds = at::stack(e);
-      }
-      attach_ip_adapter(ip_, unet, ip_->image_tokens(embeds), 1.0, {}, {}, "ip_adapter.train");
+      const at::Tensor embeds = image_inputs(idx, rows);
+      ip_tokens_ = ip_->image_tokens(embeds);  // [B, T, C]
+      attach_ip_adapter(ip_, unet, ip_tokens_, 1.0, {}, {}, "ip_adapter.train");
     } else if (o_.kind == AdapterKind::Style) {
       std::vector<int64_t> which;
       for (int64_t b = 0; b < B; ++b) which.push_back(samples_[idx[b]].style);
@@ -458,6 +505,8 @@ class AdapterTrainer {
     if (o_.train_image_encoder) j["train_image_encoder"] = true;
     if (o_.text_teacher > 0) j["text_teacher"] = o_.text_teacher;
     if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
+    if (o_.caption_regression > 0) j["caption_regression"] = o_.caption_regression;
+    if (o_.denoising_weight != 1) j["denoising_weight"] = o_.denoising_weight;
     return j;
   }
 
@@ -505,6 +554,7 @@ class AdapterTrainer {
   StyleAdapter style_{nullptr};
   SkeletonAdapter sk_{nullptr};
   at::Tensor no_image_;  // IP-Adapter Plus: the zero image's features (a dropped image prompt)
+  at::Tensor ip_tokens_;  // IP-Adapter: the image tokens of the step's batch [B, T, C]
   std::shared_ptr<torch::nn::Module> module_;
 };
 

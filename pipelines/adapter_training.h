@@ -87,6 +87,20 @@ struct AdapterTrainOptions {
   // high noise is one sample of many scenes; the teacher's is the expectation given the scene,
   // which tells the adapter where each object goes and how many there are. 0: off.
   double text_teacher = 0;
+  // IP-Adapter Plus only: the image tokens also regress onto the text encoder's hidden states of
+  // the scene's complete caption (world::complete_caption: every object's colour, size, shape and
+  // position in reading order, the figure, the style), with this weight on the MSE beside the
+  // denoising loss. The resampler then has one query per text position (the text encoder's
+  // length instead of 16), and since to_k_ip / to_v_ip start as copies of to_k / to_v, an image
+  // prompt starts out read like the caption that describes it. The denoising loss alone has to
+  // discover position and count through a weak, noisy signal; this states them. 0: off.
+  double caption_regression = 0;
+  // IP-Adapter only: weight of the denoising loss. 0 (with caption regression) trains the image
+  // projection alone: to_k_ip / to_v_ip stay the copies of each layer's to_k / to_v, so an image
+  // prompt is read exactly as the caption its tokens imitate, and no step runs the UNet. (With
+  // the denoising loss those K/V drift to what the noise target rewards, and that drift draws
+  // extra copies of the objects even from perfect caption tokens.)
+  double denoising_weight = 1;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint

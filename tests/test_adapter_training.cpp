@@ -14,6 +14,7 @@
 #include "pipelines/random_model.h"
 #include "pipelines/style_training.h"
 #include "tests/test_util.h"
+#include "world/captions.h"
 #include "world/dataset.h"
 #include "world/render.h"
 #include "adapters/ip_adapter.h"
@@ -328,6 +329,85 @@ TEST(AdapterTraining, TheTextTeacherChangesTheImageOnlyTargetAndResumesOnlyWithI
   AdapterTrainOptions style = options(AdapterKind::Style, scratch("tt-style"), 2);
   style.text_teacher = 0.5;
   expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--text-teacher");
+}
+
+TEST(AdapterTraining, CaptionRegressionPullsThePlusTokensOntoTheCompleteCaptionsStatesAndCanTrainAlone) {
+  // Mean squared distance between the adapter's image tokens for each training image and the
+  // text encoder's states of that scene's complete caption.
+  auto distance = [](const std::string& adapter) {
+    SdLoadOptions lo;
+    lo.ip_adapter = adapter;
+    SdModel m = SdModel::load(tiny_model_dir(), lo);
+    torch::NoGradGuard no_grad;
+    double sum = 0;
+    const auto entries = world::load_dataset(dataset());
+    for (const auto& e : entries) {
+      const Image img = resize_bicubic(to_rgb(load_image(e.image)), 32, 32);  // as the trainer's --resolution 32
+      const at::Tensor tokens = image_prompt_tokens(m, img, 1, false)[0];  // [T, C]
+      const at::Tensor states = encode_prompt(m, world::complete_caption(e.scene).text, nullptr).reshape_as(tokens);
+      sum += at::mse_loss(tokens, states).item<double>();
+    }
+    return sum / static_cast<double>(entries.size());
+  };
+  // The projection alone (no denoising loss): its first step, then 40.
+  AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("cr-start"), 1);
+  o.ip_plus = true;
+  o.caption_regression = 10;
+  o.denoising_weight = 0;
+  o.lr = 1e-2;
+  const AdapterTrainResult first = train_adapter(tiny_model(), o, quiet());
+  const double start = distance(first.adapter_path);
+  o.out = scratch("cr-trained");
+  o.steps = 40;
+  const AdapterTrainResult r = train_adapter(tiny_model(), o, quiet());
+  // One query per text position: the tokens line up with the caption's states.
+  const auto saved = file_tensors(r.adapter_path), initial = file_tensors(first.adapter_path);
+  EXPECT_EQ(saved.at("image_proj.latents").size(1), encode_prompt(tiny_model(), "", nullptr).size(-2));
+  const double trained = distance(r.adapter_path);
+  EXPECT_LT(trained, 0.5 * start) << "from " << start;
+  // Without the denoising loss to_k_ip / to_v_ip stay the copies of to_k / to_v they start as.
+  int kv = 0;
+  for (const auto& [k, v] : saved)
+    if (k.find("_ip.") != std::string::npos) {
+      EXPECT_TRUE(at::equal(v, initial.at(k))) << k;
+      ++kv;
+    } else if (k == "image_proj.latents") {
+      EXPECT_FALSE(at::equal(v, initial.at(k)));
+    }
+  EXPECT_GT(kv, 0);
+  // With the denoising loss as well, both terms train (and the K/V move).
+  AdapterTrainOptions both = o;
+  both.out = scratch("cr-both");
+  both.steps = 3;
+  both.denoising_weight = 1;
+  const AdapterTrainResult b = train_adapter(tiny_model(), both, quiet());
+  EXPECT_FALSE(at::equal(file_tensors(b.adapter_path).at("ip_adapter.1.to_k_ip.weight"),
+                         initial.at("ip_adapter.1.to_k_ip.weight")));
+  // A resume keeps the weight; the option needs Plus, an IP-Adapter and a weight >= 0.
+  o.steps = 42;
+  o.resume = true;
+  o.caption_regression = 1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "caption_regression");
+  o.resume = false;
+  o.ip_plus = false;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--caption-regression");
+  o.ip_plus = true;
+  o.caption_regression = -1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--caption-regression");
+  o.caption_regression = 0;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--denoising-weight 0 leaves no loss");
+  o.caption_regression = 1;
+  o.text_teacher = 1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--text-teacher");
+  o.text_teacher = 0;
+  o.denoising_weight = -1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--denoising-weight");
+  AdapterTrainOptions style = options(AdapterKind::Style, scratch("cr-style"), 2);
+  style.caption_regression = 1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--caption-regression");
+  style.caption_regression = 0;
+  style.denoising_weight = 0.5;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--denoising-weight");
 }
 
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another

@@ -577,6 +577,39 @@ TEST(WorldCaptions, GrammaticalForOneToThreeObjects) {
   EXPECT_EQ(object_phrase({Shape::Triangle, Color::Orange, Size::Large, 4}, false, true), "an orange triangle");
 }
 
+TEST(WorldCaptions, TheCompleteCaptionStatesEverythingInOneWordingWhateverTheObjectOrder) {
+  for (int i = 0; i < 200; ++i) {
+    const Scene s = sample_scene(sample_seed(11, i));
+    const Caption c = complete_caption(s);
+    check_caption(s, c);
+    SCOPED_TRACE(c.text);
+    ASSERT_EQ(c.mentions.size(), s.objects.size());
+    size_t at = 0;  // objects in reading order: each one's phrase after the previous one's
+    int last_cell = -1;
+    for (const ObjectMention& m : c.mentions) {
+      const Object& o = s.objects[m.object];
+      EXPECT_TRUE(m.color && m.shape && m.size && m.position);
+      EXPECT_GE(o.cell, last_cell);
+      last_cell = o.cell;
+      const std::string phrase = object_phrase(o, true, true);
+      const size_t found = c.text.find(phrase, at);
+      ASSERT_NE(found, std::string::npos) << phrase;
+      EXPECT_NE(c.text.find(cell_name(o.cell), found), std::string::npos);
+      at = found + phrase.size();
+    }
+    EXPECT_NE(c.text.find(std::string("in the ") + name(s.style) + " style"), std::string::npos);
+    if (s.figure) {
+      EXPECT_TRUE(c.figure && c.arms && c.legs);
+      EXPECT_NE(c.text.find(std::string("stick figure on the ") + name(s.figure->side)), std::string::npos);
+      EXPECT_NE(c.text.find(s.figure->legs == LegPose::Apart ? "legs apart" : "legs together"), std::string::npos);
+    }
+    // The same scene with its objects listed in another order gets the same words.
+    Scene reversed = s;
+    std::reverse(reversed.objects.begin(), reversed.objects.end());
+    EXPECT_EQ(complete_caption(reversed).text, c.text);
+  }
+}
+
 TEST(WorldCaptions, WithoutThePoseOnlyTheFiguresArmsAndLegsAreLeftOut) {
   SamplerOptions so;
   so.figure_probability = 1.0;

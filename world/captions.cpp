@@ -367,6 +367,40 @@ Caption make_caption(const Scene& scene, Rng& rng, const CaptionOptions& opt) {
   return cap;
 }
 
+Caption complete_caption(const Scene& scene) {
+  std::vector<int> order(scene.objects.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return scene.objects[a].cell < scene.objects[b].cell; });
+  Caption cap;
+  cap.template_id = "cap.list";
+  std::vector<std::string> items;
+  for (int i : order) {
+    const Object& o = scene.objects[i];
+    // Corners and the centre have two wordings; a fresh fixed draw picks the same one every time.
+    Rng wording(0);
+    items.push_back(object_phrase(o, true, true) + " " + position_variant(o.cell, wording));
+    ObjectMention m;
+    m.object = i;
+    m.color = m.shape = m.size = m.position = true;
+    cap.mentions.push_back(m);
+  }
+  if (scene.figure) {
+    const Figure& f = *scene.figure;
+    Rng wording(0);
+    const std::string arms = arms_phrase(f.arms, wording);
+    std::string s = std::string(article_for(name(f.color))) + " " + name(f.color) + " stick figure" +
+                    (f.side == Side::Left ? " on the left " : " on the right ") + arms;
+    s += arms.rfind("with ", 0) == 0 ? " and " : " with ";
+    s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
+    items.push_back(s);
+    cap.figure = cap.figure_color = cap.arms = cap.legs = true;
+  }
+  cap.text = join_list(items) + ", in the " + std::string(name(scene.style)) + " style";
+  cap.style = true;
+  return cap;
+}
+
 // ---- Long descriptions -------------------------------------------------------------------------
 
 std::string describe_scene(const Scene& s, Rng& rng, bool allow_held_out) {
