@@ -51,6 +51,11 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
                     "to_k_ip / to_v_ip stay copies of to_k / to_v)")
         ->capture_default_str();
   if (kind == AdapterKind::IpAdapter)
+    cmd->add_option("--patch-labels", o->patch_labels,
+                    "With --plus --train-image-encoder: weight of linear read-outs of each patch's colour, shape "
+                    "and size and the scene's style and background from the encoder's patch features (0: off)")
+        ->capture_default_str();
+  if (kind == AdapterKind::IpAdapter)
     cmd->add_flag("--train-image-encoder", o->train_image_encoder,
                   "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
                   "loader then uses with the adapter file beside it)");

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <random>
 
 #include <torch/utils.h>
@@ -16,6 +17,7 @@
 #include "diffusion/schedulers/schedule.h"
 #include "pipelines/stable_diffusion.h"
 #include "pipelines/trainer.h"
+#include "pipelines/patch_labels.h"
 #include "world/captions.h"
 #include "world/dataset.h"
 #include "world/render.h"
@@ -67,6 +69,9 @@ void AdapterTrainOptions::validate() const {
   if (!(caption_regression >= 0) || !std::isfinite(caption_regression)) bad("--caption-regression must be >= 0");
   if (caption_regression > 0 && (kind != AdapterKind::IpAdapter || !ip_plus))
     bad("--caption-regression applies to ip-adapter training with --plus only (one token per text position)");
+  if (!(patch_labels >= 0) || !std::isfinite(patch_labels)) bad("--patch-labels must be >= 0");
+  if (patch_labels > 0 && (kind != AdapterKind::IpAdapter || !ip_plus || !train_image_encoder))
+    bad("--patch-labels applies to ip-adapter training with --plus and --train-image-encoder only");
   if (!(denoising_weight >= 0) || !std::isfinite(denoising_weight)) bad("--denoising-weight must be >= 0");
   if (denoising_weight != 1 && kind != AdapterKind::IpAdapter) bad("--denoising-weight applies to ip-adapter training only");
   if (denoising_weight == 0 && caption_regression <= 0)
@@ -84,6 +89,7 @@ struct TrainSample {
   at::Tensor clip_pixels;   // [3, S, S] the encoder's preprocessed input (when it trains)
   at::Tensor teacher_text;  // [77, D] the complete caption's embedding (text teacher)
   at::Tensor caption_states;  // [77, D] world::complete_caption's embedding (caption regression)
+  world::Scene scene;          // what the image shows (patch labels)
   int64_t style = -1;       // bank index (style)
   world::Skeleton skeleton; // 2D (skeleton)
   at::Tensor loss_weight;   // [1, h, w] with a limb or object weight, else undefined
@@ -253,6 +259,7 @@ class AdapterTrainer {
         s.teacher_text = encode_text(world::make_caption(e.scene, rng, co).text);
       }
       if (o_.caption_regression > 0) s.caption_states = encode_text(world::complete_caption(e.scene).text);
+      if (o_.patch_labels > 0) s.scene = e.scene;
       if (o_.kind == AdapterKind::IpAdapter) {
         int h = 0, w = 0;
         std::vector<float> chw = clip_preprocess(img, model_.image_preprocess, &h, &w);
@@ -309,6 +316,12 @@ class AdapterTrainer {
       ip_ = IpAdapter(c);
       copy_layer_kv(unet, all_cross_attention_layers(unet), ip_->to_k_ip, ip_->to_v_ip);
       ip_->to(model_.device);
+      if (o_.patch_labels > 0) {
+        label_grid_ = ec.image_size / ec.patch_size;
+        check_label_grid(samples_[0].scene.resolution, label_grid_);
+        label_heads_.emplace(ec.hidden_size, o_.seed ^ 0x1abe1ull, /*scene_labels=*/true);
+        for (auto& kv : label_heads_->parameters("")) kv.second.set_data(kv.second.to(model_.device));
+      }
       module_ = ip_.ptr();
     } else if (o_.kind == AdapterKind::Style) {
       style_ = make_style_adapter(unet, styles_);
@@ -335,6 +348,8 @@ class AdapterTrainer {
     }
     if (o_.train_image_encoder)
       for (auto& kv : named_trainable_parameters(*model_.image_encoder, "image_encoder.")) p.push_back(kv);
+    if (label_heads_)
+      for (auto& kv : label_heads_->parameters("labels.")) p.push_back(kv);
     return p;
   }
 
@@ -368,7 +383,7 @@ class AdapterTrainer {
     for (int64_t b = 0; b < B; ++b) rows[b] = !drop_cond[b];
     if (o_.kind == AdapterKind::IpAdapter && o_.denoising_weight == 0) {  // the projection alone
       ip_tokens_ = ip_->image_tokens(image_inputs(idx, rows));
-      return o_.caption_regression * caption_regression_loss(idx, rows);
+      return o_.caption_regression * caption_regression_loss(idx, rows) + patch_label_loss(idx, rows);
     }
     std::vector<at::Tensor> x0, ctx;
     for (int64_t b = 0; b < B; ++b) {
@@ -419,6 +434,29 @@ class AdapterTrainer {
     }
     if (o_.denoising_weight != 1) loss = o_.denoising_weight * loss;
     if (o_.caption_regression > 0) loss = loss + o_.caption_regression * caption_regression_loss(idx, rows);
+    return loss + patch_label_loss(idx, rows);
+  }
+
+  // patch_labels x the label heads' cross-entropy on the patch features of the rows that keep
+  // their image (image_inputs keeps them in encoder_features_); 0 when off or every image is dropped.
+  at::Tensor patch_label_loss(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
+    if (!label_heads_) return at::zeros({}, at::TensorOptions().device(model_.device));
+    std::vector<int64_t> kept;
+    std::vector<world::Scene> scenes;
+    for (size_t b = 0; b < idx.size(); ++b)
+      if (rows[b]) {
+        kept.push_back(static_cast<int64_t>(b));
+        scenes.push_back(samples_[idx[b]].scene);
+      }
+    if (kept.empty()) return at::zeros({}, encoder_features_.options());
+    // [n, 1 + N, D] -> the patch tokens [n, N, D] (the class token has no patch)
+    const at::Tensor patches =
+        encoder_features_.index_select(0, at::tensor(kept, at::kLong).to(encoder_features_.device())).narrow(1, 1, label_grid_ * label_grid_);
+    std::vector<at::Tensor> labels = patch_label_targets(scenes, label_grid_, /*scene_labels=*/true);
+    for (auto& l : labels) l = l.to(patches.device());
+    const at::Tensor loss = o_.patch_labels * label_heads_->loss(patches, labels);
+    if (o_.log_every > 0)
+      if (const std::string r = label_heads_->report_if_due(o_.log_every); !r.empty()) note("[ip-adapter] " + r);
     return loss;
   }
 
@@ -445,6 +483,7 @@ class AdapterTrainer {
         keep.push_back(rows[b] ? 1.f : 0.f);
       }
       at::Tensor embeds = image_features(at::stack(px));
+      encoder_features_ = embeds;
       if (!o_.ip_plus) embeds = embeds * at::tensor(keep).to(embeds.device()).view({B, 1});
       return embeds;
     }
@@ -507,6 +546,7 @@ class AdapterTrainer {
     if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
     if (o_.caption_regression > 0) j["caption_regression"] = o_.caption_regression;
     if (o_.denoising_weight != 1) j["denoising_weight"] = o_.denoising_weight;
+    if (o_.patch_labels > 0) j["patch_labels"] = o_.patch_labels;
     return j;
   }
 
@@ -555,6 +595,9 @@ class AdapterTrainer {
   SkeletonAdapter sk_{nullptr};
   at::Tensor no_image_;  // IP-Adapter Plus: the zero image's features (a dropped image prompt)
   at::Tensor ip_tokens_;  // IP-Adapter: the image tokens of the step's batch [B, T, C]
+  at::Tensor encoder_features_;  // the trained encoder's output for the step's batch (image_inputs)
+  std::optional<PatchLabelHeads> label_heads_;  // --patch-labels
+  int64_t label_grid_ = 0;                      // patches per side of the encoder's input
   std::shared_ptr<torch::nn::Module> module_;
 };
 

@@ -101,6 +101,12 @@ struct AdapterTrainOptions {
   // the denoising loss those K/V drift to what the noise target rewards, and that drift draws
   // extra copies of the objects even from perfect caption tokens.)
   double denoising_weight = 1;
+  // IP-Adapter with --plus --train-image-encoder only: the encoder's patch features (the
+  // penultimate layer the resampler reads) must also tell, patch by patch, the colour, shape and
+  // size of the item covering it and the scene's style and background (linear heads, cross-entropy
+  // with this weight; pipelines/patch_labels.h). Contrastive features only had to tell captions
+  // apart; the VLM's tower read shapes 96 % of the time once taught this way. 0: off.
+  double patch_labels = 0;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint

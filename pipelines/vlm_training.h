@@ -45,6 +45,7 @@
 #include "core/json_util.h"
 #include "core/progress.h"
 #include "core/sentencepiece.h"
+#include "pipelines/patch_labels.h"
 #include "world/captions.h"
 
 namespace iris {
@@ -216,10 +217,6 @@ VlmSequence vlm_image_sequence(const VlmVocab& v, const std::vector<world::Quest
 VlmSequence vlm_text_sequence(const VlmVocab& v, const std::string& context, const std::vector<world::Question>& questions,
                               int64_t max_text_tokens);
 
-// Per patch of a grid x grid map over the scene's render (row-major), the item covering most of
-// it: an index into scene.objects, objects.size() for the stick figure, or -1 when none covers
-// 1/16 of it. ConfigError when the scene's resolution does not split into whole patches.
-std::vector<int> patch_owners(const world::Scene& scene, int64_t grid);
 // The lookup loss's target over those patches: 1 where one of `items` owns the patch, else 0;
 // empty when no item owns any patch (too small), so the question gets no lookup term.
 std::vector<float> lookup_patch_row(const std::vector<int>& owners, const std::vector<int>& items);

@@ -1,6 +1,7 @@
 // Adapter training with the backbone frozen, on a tiny random SD model and a small Tinyworld
 // folder: the loss on fixed samples goes down, the backbone is bit-identical afterwards, a
 // resumed run equals an uninterrupted one, a dropped condition trains nothing, bad options fail.
+#include <algorithm>
 #include <cmath>
 #include <functional>
 
@@ -408,6 +409,53 @@ TEST(AdapterTraining, CaptionRegressionPullsThePlusTokensOntoTheCompleteCaptions
   style.caption_regression = 0;
   style.denoising_weight = 0.5;
   expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--denoising-weight");
+}
+
+TEST(AdapterTraining, PatchLabelsTeachTheTrainedEncoderWhatCoversEachPatch) {
+  auto run = [](const std::string& tag, double labels, std::vector<std::string>* log) {
+    AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch(tag), 6);
+    o.ip_plus = o.train_image_encoder = true;
+    o.caption_regression = 1;
+    o.denoising_weight = 0;
+    o.patch_labels = labels;
+    o.log_every = 3;
+    AdapterTrainCallbacks cb;
+    cb.log = [log](const std::string& line) {
+      if (log) log->push_back(line);
+    };
+    return train_adapter(tiny_model(), o, cb);
+  };
+  std::vector<std::string> log;
+  const AdapterTrainResult with = run("pl-with", 1, &log), without = run("pl-without", 0, nullptr);
+  // The read-out is reported, its heads live in the checkpoint only, and the encoder learns otherwise.
+  EXPECT_TRUE(std::any_of(log.begin(), log.end(), [](const std::string& l) {
+    return l.find("patch labels read") != std::string::npos && l.find("shape") != std::string::npos;
+  }));
+  const auto state = file_tensors(scratch("pl-with") + "/checkpoint/trainer_state.safetensors");
+  EXPECT_TRUE(std::any_of(state.begin(), state.end(), [](const auto& kv) { return kv.first.find("labels.shape_head.") != std::string::npos; }));
+  for (const auto& [k, v] : file_tensors(with.adapter_path)) EXPECT_EQ(k.find("head"), std::string::npos) << k;
+  EXPECT_FALSE(same_tensors(file_tensors(scratch("pl-with") + "/image_encoder/model.safetensors"),
+                            file_tensors(scratch("pl-without") + "/image_encoder/model.safetensors")));
+  (void)without;
+  // A resume keeps the weight; the heads need the trained encoder's patch features (Plus).
+  AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("pl-with"), 8);
+  o.ip_plus = o.train_image_encoder = true;
+  o.caption_regression = 1;
+  o.denoising_weight = 0;
+  o.resume = true;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "patch_labels");
+  o.resume = false;
+  o.patch_labels = 1;
+  o.train_image_encoder = false;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--patch-labels");
+  o.train_image_encoder = true;
+  o.ip_plus = false;
+  o.caption_regression = 0;
+  o.denoising_weight = 1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--patch-labels");
+  o.ip_plus = true;
+  o.patch_labels = -1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--patch-labels");
 }
 
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another

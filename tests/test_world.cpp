@@ -597,7 +597,9 @@ TEST(WorldCaptions, TheCompleteCaptionStatesEverythingInOneWordingWhateverTheObj
       EXPECT_NE(c.text.find(cell_name(o.cell), found), std::string::npos);
       at = found + phrase.size();
     }
-    EXPECT_NE(c.text.find(std::string("in the ") + name(s.style) + " style"), std::string::npos);
+    EXPECT_NE(c.text.find(std::string(" on a ") + name(s.background) + " background, in the " + name(s.style) + " style"),
+              std::string::npos);
+    EXPECT_TRUE(c.background && c.style);
     if (s.figure) {
       EXPECT_TRUE(c.figure && c.arms && c.legs);
       EXPECT_NE(c.text.find(std::string("stick figure on the ") + name(s.figure->side)), std::string::npos);

@@ -373,7 +373,7 @@ Caption complete_caption(const Scene& scene) {
   std::stable_sort(order.begin(), order.end(),
                    [&](int a, int b) { return scene.objects[a].cell < scene.objects[b].cell; });
   Caption cap;
-  cap.template_id = "cap.list";
+  cap.template_id = "cap.on_bg";
   std::vector<std::string> items;
   for (int i : order) {
     const Object& o = scene.objects[i];
@@ -396,8 +396,9 @@ Caption complete_caption(const Scene& scene) {
     items.push_back(s);
     cap.figure = cap.figure_color = cap.arms = cap.legs = true;
   }
-  cap.text = join_list(items) + ", in the " + std::string(name(scene.style)) + " style";
-  cap.style = true;
+  cap.text = join_list(items) + " on a " + std::string(name(scene.background)) + " background, in the " +
+             std::string(name(scene.style)) + " style";
+  cap.background = cap.style = true;
   return cap;
 }
 

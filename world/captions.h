@@ -60,9 +60,9 @@ const std::vector<TemplateInfo>& all_templates();
 Caption make_caption(const Scene& scene, Rng& rng, const CaptionOptions& options = {});
 
 // The one caption of `scene` that states everything the picture shows, always worded the same
-// way: the plain list template, the objects in reading order of their cells (top left first),
-// each with colour, size, shape and position, the stick figure (colour, side, arms and legs)
-// after them, then the style. Two scenes that look alike get the same text, so it is a target
+// way: the "{list} on a {bg} background" template, the objects in reading order of their cells
+// (top left first), each with colour, size, shape and position, the stick figure (colour, side,
+// arms and legs) after them, then the style. Two scenes that look alike get the same text, so it is a target
 // an image can be mapped onto (the IP-Adapter's caption regression); make_caption's random
 // template, order and wording would make it a mean of many.
 Caption complete_caption(const Scene& scene);
