@@ -326,6 +326,8 @@ RenameTable clip_vision_rename_table(bool with_projection);
 // Builds and loads a model folder part (config.json + weights): `text_encoder/`,
 // `image_encoder/`, a transformers CLIP folder. The projection is used when the part's class
 // says so (…WithProjection, CLIPModel), or, for an unnamed class, when the weights carry it.
+// load_clip_vision_model also takes a LLaVA folder (a config with "vision_config"): its vision
+// tower, without projection (e.g. the VLM's tower as an IP-Adapter Plus image encoder).
 ClipTextModel load_clip_text_model(const ModelPart& part);
 ClipVisionModel load_clip_vision_model(const ModelPart& part);
 

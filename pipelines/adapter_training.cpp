@@ -11,6 +11,8 @@
 
 #include "adapters/adapter_streams.h"
 #include "core/error.h"
+#include "core/json_util.h"
+#include "core/mmap_file.h"
 #include "core/state_dict.h"
 #include "core/tensor_io.h"
 #include "diffusion/noise.h"
@@ -62,6 +64,7 @@ void AdapterTrainOptions::validate() const {
   if (object_weight > 0 && kind == AdapterKind::Skeleton)
     bad("--object-weight applies to ip-adapter and style training (sk-adapter: --limb-weight)");
   if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
+  if (!image_encoder.empty() && kind != AdapterKind::IpAdapter) bad("--image-encoder applies to ip-adapter training only");
   if (train_image_encoder && kind != AdapterKind::IpAdapter)
     bad("--train-image-encoder applies to ip-adapter training only");
   if (!(text_teacher >= 0 && text_teacher <= 1)) bad("--text-teacher must be in [0, 1]");
@@ -182,6 +185,7 @@ class AdapterTrainer {
     SdLoadOptions lo;
     lo.device = o_.device;
     lo.with_image_encoder = o_.kind == AdapterKind::IpAdapter;
+    lo.image_encoder_dir = o_.image_encoder;
     model_ = SdModel::load(o_.model, lo);
   }
 
@@ -189,6 +193,9 @@ class AdapterTrainer {
   void freeze_backbone() {
     if (o_.kind == AdapterKind::IpAdapter && !model_.image_encoder)
       throw ConfigError(model_.source + ": IP-Adapter training needs the model's image encoder (image_encoder/)");
+    if (o_.kind == AdapterKind::IpAdapter && !o_.ip_plus && !model_.image_encoder->with_projection())
+      throw ConfigError(model_.image_encoder_dir + ": this image encoder has no projection (image_embeds), which the "
+                        "base IP-Adapter reads; train --plus (patch features) or use a CLIPVisionModelWithProjection");
     std::vector<torch::nn::Module*> parts = {model_.unet.get(), model_.vae.get(), model_.text_encoder.get()};
     if (model_.image_encoder) parts.push_back(model_.image_encoder.get());
     for (torch::nn::Module* m : parts)
@@ -573,9 +580,19 @@ class AdapterTrainer {
   void save_image_encoder() {
     const fs::path dir = fs::path(o_.out) / "image_encoder";
     fs::create_directories(dir);
-    for (const char* f : {"config.json", "preprocessor_config.json"})
-      if (fs::is_regular_file(fs::path(model_.image_encoder_dir) / f))
-        fs::copy_file(fs::path(model_.image_encoder_dir) / f, dir / f, fs::copy_options::overwrite_existing);
+    const fs::path src(model_.image_encoder_dir);
+    if (fs::is_regular_file(src / "preprocessor_config.json"))
+      fs::copy_file(src / "preprocessor_config.json", dir / "preprocessor_config.json", fs::copy_options::overwrite_existing);
+    const Json source_config = read_json_file((src / "config.json").string());
+    if (source_config.contains("vision_config")) {  // a LLaVA's tower: a CLIP vision config of its own
+      Json config = source_config["vision_config"];
+      config["architectures"] = Json::array({"CLIPVisionModel"});
+      config["model_type"] = "clip_vision_model";
+      const std::string text = config.dump(2) + "\n";
+      write_file_atomic((dir / "config.json").string(), text.data(), text.size());
+    } else {
+      fs::copy_file(src / "config.json", dir / "config.json", fs::copy_options::overwrite_existing);
+    }
     NamedTensors ts;
     for (const auto& kv : model_.image_encoder->named_parameters(true))
       ts.emplace_back(kv.key(), kv.value().detach().to(c10::kCPU));

@@ -52,6 +52,10 @@ struct AdapterTrainOptions {
   std::string model;  // Stable Diffusion folder (frozen backbone)
   std::string data;   // Tinyworld dataset folder
   std::string out;    // output folder
+  // IP-Adapter only: the image encoder to use instead of the model's image_encoder/: a CLIP
+  // vision folder, or a LLaVA folder (its vision tower, e.g. the VLM's, whose patch features
+  // were taught what covers them).
+  std::string image_encoder;
   int steps = 300;    // total steps (a resumed run continues up to this)
   int batch = 4;
   double lr = 1e-4, weight_decay = 0.01, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;

@@ -141,7 +141,12 @@ SdModel SdModel::load(const std::string& path, const SdLoadOptions& o) {
     if (!fs::is_regular_file(pre) && ck.kind() == Checkpoint::Kind::Pipeline && ck.has_part("feature_extractor"))
       pre = ck.part("feature_extractor").dir + "/preprocessor_config.json";
     m.image_preprocess = read_clip_preprocess(pre, static_cast<int>(m.image_encoder->config().image_size));
-    if (!o.ip_adapter.empty()) m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
+    if (!o.ip_adapter.empty()) {
+      m.ip_adapter = load_ip_adapter_file(o.ip_adapter, m.unet);
+      if (m.ip_adapter->config().variant == IpVariant::Base && !m.image_encoder->with_projection())
+        throw ConfigError(o.ip_adapter + ": a base IP-Adapter reads image_embeds, and the image encoder " + enc_dir +
+                          " has no projection (e.g. a LLaVA vision tower); use it with an IP-Adapter Plus");
+    }
   }
   if (!o.style_adapter.empty()) {
     m.style_adapter = load_style_adapter(o.style_adapter, m.unet);

@@ -10,6 +10,7 @@
 #include <torch/utils.h>
 
 #include "core/error.h"
+#include "core/json_util.h"
 #include "core/tensor_io.h"
 #include "pipelines/adapter_training.h"
 #include "pipelines/random_model.h"
@@ -456,6 +457,43 @@ TEST(AdapterTraining, PatchLabelsTeachTheTrainedEncoderWhatCoversEachPatch) {
   o.ip_plus = true;
   o.patch_labels = -1;
   expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--patch-labels");
+}
+
+TEST(AdapterTraining, AVlmsVisionTowerCanBeThePlusImageEncoderAndIsWrittenAsAClipFolder) {
+  const std::string llava = scratch("tower-llava");
+  write_random_llava(llava, tiny_llava_spec());
+  AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("tower-ip"), 3);
+  o.image_encoder = llava;
+  o.ip_plus = o.train_image_encoder = true;
+  const AdapterTrainResult r = train_adapter(o, quiet());
+  // The written encoder is a CLIP vision folder of the tower's config that the loader takes
+  // beside the adapter, and its weights moved from the LLaVA's.
+  const Json config = read_json_file(scratch("tower-ip") + "/image_encoder/config.json");
+  EXPECT_EQ(config.at("architectures").at(0), "CLIPVisionModel");
+  EXPECT_EQ(config.at("hidden_size"), read_json_file(llava + "/config.json").at("vision_config").at("hidden_size"));
+  SdLoadOptions lo;
+  lo.ip_adapter = r.adapter_path;
+  SdModel with = SdModel::load(tiny_model_dir(), lo);
+  EXPECT_FALSE(with.image_encoder->with_projection());
+  const auto tower = file_tensors(llava + "/model.safetensors");
+  bool moved = false;
+  for (const auto& kv : with.image_encoder->named_parameters(true))
+    moved = moved || !at::equal(kv.value(), tower.at("vision_tower." + kv.key()));
+  EXPECT_TRUE(moved);
+  GenerationParams p;
+  p.prompt = "";
+  p.width = p.height = 32;
+  p.steps = 2;
+  p.image_prompts.push_back({});
+  p.image_prompts.back().image = world::render_scene(world::sample_scene(3));
+  EXPECT_EQ(generate(with, p).size(), 1u);
+  // The base adapter reads image_embeds, which a tower without projection does not have.
+  AdapterTrainOptions base = options(AdapterKind::IpAdapter, scratch("tower-base"), 1);
+  base.image_encoder = llava;
+  expect_error<ConfigError>([&] { train_adapter(base, quiet()); }, "has no projection");
+  lo.ip_adapter = train_adapter(tiny_model(), options(AdapterKind::IpAdapter, scratch("tower-base-ok"), 1), quiet()).adapter_path;
+  lo.image_encoder_dir = llava;
+  expect_error<ConfigError>([&] { SdModel::load(tiny_model_dir(), lo); }, "has no projection");
 }
 
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another
