@@ -215,7 +215,7 @@ IpAdapter load_ip_adapter_file(const std::string& path, UNet2DCondition& unet) {
   return load_ip_adapter(read_all(store), unet, "", path);
 }
 
-void save_ip_adapter(IpAdapter& adapter, const std::string& path) {
+void save_ip_adapter(IpAdapter& adapter, const std::string& path, bool f16) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& kv : adapter->named_parameters(true)) {
     std::string k = kv.key();
@@ -229,7 +229,7 @@ void save_ip_adapter(IpAdapter& adapter, const std::string& path) {
     // Plus: the resampler keeps its diffusers-style names under image_proj. (latents, proj_in,
     // layers.<j>.{ln0, ln1, attn.to_{q,k,v,out.0}, ff.*}, proj_out, norm_out), which the loader
     // reads as they are next to the original layout's per-layer keys.
-    out.emplace_back(k, kv.value());
+    out.emplace_back(k, f16 ? kv.value().detach().to(at::kHalf) : kv.value());
   }
   const bool plus = adapter->config().variant == IpVariant::Plus;
   write_safetensors(path, out, {{"format", "pt"}, {"iris.ip_adapter", plus ? "plus" : "base"}});

@@ -87,8 +87,8 @@ IpAdapter load_ip_adapter(const std::map<std::string, at::Tensor>& tensors, UNet
 IpAdapter load_ip_adapter_file(const std::string& path, UNet2DCondition& unet);
 
 // Writes the adapter in the original release layout (image_proj.*, ip_adapter.<2i+1>.*), which
-// other tools read too.
-void save_ip_adapter(IpAdapter& adapter, const std::string& path);
+// other tools read too; f16: F16 storage (the loader reads any float type).
+void save_ip_adapter(IpAdapter& adapter, const std::string& path, bool f16 = false);
 
 // Per-layer scale presets over the attn2 layers (SD1.5 order: down 0-5, mid 6, up 7-15 in
 // execution order). "all": every layer; "style" / "composition" as ComfyUI defines them.

@@ -33,6 +33,8 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
   cmd->add_option("--drop-cond", o->drop_cond, "Probability of dropping the condition only")->capture_default_str();
   cmd->add_option("--drop-both", o->drop_both, "Probability of dropping both")->capture_default_str();
   if (kind == AdapterKind::IpAdapter)
+    cmd->add_flag("--f16", o->f16, "Write the adapter (and a trained image encoder) in F16");
+  if (kind == AdapterKind::IpAdapter)
     cmd->add_option("--image-encoder", o->image_encoder,
                     "Image encoder instead of the model's image_encoder/: a CLIP vision folder or a LLaVA folder "
                     "(its vision tower; --plus only)");

@@ -65,6 +65,7 @@ void AdapterTrainOptions::validate() const {
     bad("--object-weight applies to ip-adapter and style training (sk-adapter: --limb-weight)");
   if (ip_plus && kind != AdapterKind::IpAdapter) bad("--plus applies to ip-adapter training only");
   if (!image_encoder.empty() && kind != AdapterKind::IpAdapter) bad("--image-encoder applies to ip-adapter training only");
+  if (f16 && kind != AdapterKind::IpAdapter) bad("--f16 applies to ip-adapter training only");
   if (train_image_encoder && kind != AdapterKind::IpAdapter)
     bad("--train-image-encoder applies to ip-adapter training only");
   if (!(text_teacher >= 0 && text_teacher <= 1)) bad("--text-teacher must be in [0, 1]");
@@ -565,7 +566,7 @@ class AdapterTrainer {
     trainer.save();
     const std::string path = (fs::path(o_.out) / adapter_file_name(o_.kind)).string();
     if (o_.kind == AdapterKind::IpAdapter) {
-      save_ip_adapter(ip_, path);
+      save_ip_adapter(ip_, path, o_.f16);
       if (o_.train_image_encoder) save_image_encoder();
     } else if (o_.kind == AdapterKind::Style) {
       save_style_adapter(style_, path);
@@ -595,7 +596,7 @@ class AdapterTrainer {
     }
     NamedTensors ts;
     for (const auto& kv : model_.image_encoder->named_parameters(true))
-      ts.emplace_back(kv.key(), kv.value().detach().to(c10::kCPU));
+      ts.emplace_back(kv.key(), kv.value().detach().to(c10::kCPU).to(o_.f16 ? at::kHalf : at::kFloat));
     write_safetensors((dir / "model.safetensors").string(), ts, {{"format", "pt"}});
   }
 

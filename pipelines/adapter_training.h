@@ -111,6 +111,9 @@ struct AdapterTrainOptions {
   // with this weight; pipelines/patch_labels.h). Contrastive features only had to tell captions
   // apart; the VLM's tower read shapes 96 % of the time once taught this way. 0: off.
   double patch_labels = 0;
+  // IP-Adapter only: the adapter file and a trained image encoder are written in F16 (the
+  // checkpoint keeps F32).
+  bool f16 = false;
   int checkpoint_every = 100;  // steps between checkpoints (0: only at the end)
   int log_every = 10;         // progress line every N steps (0: none)
   bool resume = false;         // continue from out/checkpoint

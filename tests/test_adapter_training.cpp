@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/json_util.h"
+#include "core/safetensors.h"
 #include "core/tensor_io.h"
 #include "pipelines/adapter_training.h"
 #include "pipelines/random_model.h"
@@ -464,8 +465,11 @@ TEST(AdapterTraining, AVlmsVisionTowerCanBeThePlusImageEncoderAndIsWrittenAsACli
   write_random_llava(llava, tiny_llava_spec());
   AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("tower-ip"), 3);
   o.image_encoder = llava;
-  o.ip_plus = o.train_image_encoder = true;
+  o.ip_plus = o.train_image_encoder = o.f16 = true;
   const AdapterTrainResult r = train_adapter(o, quiet());
+  // --f16: both files in F16 storage (the loader below reads them as any other).
+  for (const std::string& f : {r.adapter_path, scratch("tower-ip") + "/image_encoder/model.safetensors"})
+    for (const TensorInfo& t : SafetensorsFile(f).tensors()) EXPECT_TRUE(t.dtype == DType::F16) << f << " " << t.name;
   // The written encoder is a CLIP vision folder of the tower's config that the loader takes
   // beside the adapter, and its weights moved from the LLaVA's.
   const Json config = read_json_file(scratch("tower-ip") + "/image_encoder/config.json");
@@ -478,7 +482,7 @@ TEST(AdapterTraining, AVlmsVisionTowerCanBeThePlusImageEncoderAndIsWrittenAsACli
   const auto tower = file_tensors(llava + "/model.safetensors");
   bool moved = false;
   for (const auto& kv : with.image_encoder->named_parameters(true))
-    moved = moved || !at::equal(kv.value(), tower.at("vision_tower." + kv.key()));
+    moved = moved || !at::equal(kv.value().to(at::kHalf), tower.at("vision_tower." + kv.key()).to(at::kHalf));
   EXPECT_TRUE(moved);
   GenerationParams p;
   p.prompt = "";

@@ -99,6 +99,30 @@ TEST(StarterAssets, SmallSkeletonEvalPlacesTheLimbsTheBackboneAloneMisses) {
   EXPECT_GE(r.score.limb_joints.rate() - r.baseline.limb_joints.rate(), 0.1) << format_eval_table(r);
 }
 
+// The pack's IP-Adapter: the image prompt alone redraws the reference scene, and with a text
+// that changes one attribute the change is drawn.
+TEST(StarterAssets, SmallImagePromptEvalRedrawsTheReference) {
+  if (!has_pack()) GTEST_SKIP() << "no starter pack in " << kPack;
+  SdLoadOptions lo;
+  lo.ip_adapter = kPack + "/adapters/ip-adapter.safetensors";
+  SdModel model = SdModel::load(kPack, lo);
+  // Its trained encoder beside it, not the pipeline's contrastive one.
+  EXPECT_EQ(fs::path(model.image_encoder_dir).lexically_normal(), fs::path(kPack + "/adapters/image_encoder").lexically_normal());
+  DiffusionEvalOptions e;
+  e.task = EvalTask::ImagePrompt;
+  e.n = 16;
+  e.steps = 12;
+  const DiffusionEvalResult r = eval_diffusion(model, e);
+  // Measured on 200 prompts (20 steps): 79% of the reference's attributes; these 16 at 12 steps:
+  // 76%. The adapter trained on the denoising loss before it: 44% and 41%. Images that ignore
+  // the reference, or an encoder that no longer fits the adapter, read far lower.
+  EXPECT_GE(r.headline().rate(), 0.65) << format_eval_table(r);
+  e.task = EvalTask::ImagePromptText;
+  const DiffusionEvalResult t = eval_diffusion(model, e);
+  // Measured on 200 prompts: the change honoured 85.5% of the time; these 16: 15.
+  EXPECT_GE(t.change.rate(), 0.7) << format_eval_table(t);
+}
+
 bool has_vlm() { return fs::exists(kPack + "/vlm/config.json"); }
 
 TEST(StarterAssets, SmallVlmEvalAboveFloor) {
