@@ -32,39 +32,33 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
   cmd->add_option("--drop-text", o->drop_text, "Probability of dropping the caption only")->capture_default_str();
   cmd->add_option("--drop-cond", o->drop_cond, "Probability of dropping the condition only")->capture_default_str();
   cmd->add_option("--drop-both", o->drop_both, "Probability of dropping both")->capture_default_str();
-  if (kind == AdapterKind::IpAdapter)
+  if (kind == AdapterKind::IpAdapter) {
     cmd->add_flag("--f16", o->f16, "Write the adapter (and a trained image encoder) in F16");
-  if (kind == AdapterKind::IpAdapter)
     cmd->add_option("--image-encoder", o->image_encoder,
                     "Image encoder instead of the model's image_encoder/: a CLIP vision folder or a LLaVA folder "
                     "(its vision tower; --plus only)");
-  if (kind == AdapterKind::IpAdapter)
     cmd->add_flag("--plus", o->ip_plus,
                   "IP-Adapter Plus: a resampler over the image encoder's patch features (16 tokens)");
-  if (kind == AdapterKind::IpAdapter)
+    cmd->add_flag("--train-image-encoder", o->train_image_encoder,
+                  "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
+                  "loader then uses with the adapter file beside it)");
     cmd->add_option("--text-teacher", o->text_teacher,
                     "Image-only samples: share of the target taken from the frozen UNet's prediction given a "
                     "caption stating every attribute (0: off)")
         ->capture_default_str();
-  if (kind == AdapterKind::IpAdapter)
     cmd->add_option("--caption-regression", o->caption_regression,
                     "With --plus: weight of an MSE pulling the image tokens onto the text encoder's states of "
                     "the scene's complete caption (one token per text position; 0: off)")
         ->capture_default_str();
-  if (kind == AdapterKind::IpAdapter)
     cmd->add_option("--denoising-weight", o->denoising_weight,
                     "Weight of the denoising loss (0 with --caption-regression: train the image projection alone; "
                     "to_k_ip / to_v_ip stay copies of to_k / to_v)")
         ->capture_default_str();
-  if (kind == AdapterKind::IpAdapter)
     cmd->add_option("--patch-labels", o->patch_labels,
                     "With --plus --train-image-encoder: weight of linear read-outs of each patch's colour, shape "
                     "and size and the scene's style and background from the encoder's patch features (0: off)")
         ->capture_default_str();
-  if (kind == AdapterKind::IpAdapter)
-    cmd->add_flag("--train-image-encoder", o->train_image_encoder,
-                  "Train the CLIP image encoder with the adapter (written to OUT/image_encoder/, which the "
-                  "loader then uses with the adapter file beside it)");
+  }
   if (kind == AdapterKind::Skeleton)
     cmd->add_option("--limb-weight", o->limb_weight,
                     "Extra loss weight on latent cells under the figure's limbs (0: plain MSE)")

@@ -457,20 +457,17 @@ ClipTextModel load_clip_text_model(const ModelPart& part) {
 ClipVisionModel load_clip_vision_model(const ModelPart& part) {
   const TensorStore& store = weights_of(part, "CLIP vision model");
   const std::string what = part.config_path.empty() ? part.dir : part.config_path;
-  if (part.config.is_object() && part.config.contains("vision_config")) {  // a LLaVA folder: its vision tower
-    ClipVisionModel tower(ClipVisionConfig::from_json(part.config["vision_config"], what + ": vision_config"),
-                          /*with_projection=*/false);
-    tower->eval();
-    LoadOptions opt;
-    opt.source_prefix = "vision_tower.";
-    tower->load(store, opt);
-    return tower;
-  }
+  // A LLaVA folder: its vision tower (vision_tower.*, no projection). from_json reads the
+  // LlavaConfig's vision_config as it reads a CLIPConfig's.
+  const auto type = part.config.is_object() ? part.config.find("model_type") : part.config.end();
+  const bool llava = type != part.config.end() && type->is_string() && type->get<std::string>() == "llava";
   ClipVisionModel model(
       ClipVisionConfig::from_json(part.config.is_null() ? Json::object() : part.config, what),
-      wants_projection(part, "CLIPVisionModelWithProjection", "CLIPVisionModel", "visual_projection.weight"));
+      !llava && wants_projection(part, "CLIPVisionModelWithProjection", "CLIPVisionModel", "visual_projection.weight"));
   model->eval();
-  model->load(store);
+  LoadOptions opt;
+  if (llava) opt.source_prefix = "vision_tower.";
+  model->load(store, opt);
   return model;
 }
 

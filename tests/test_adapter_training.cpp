@@ -498,6 +498,13 @@ TEST(AdapterTraining, AVlmsVisionTowerCanBeThePlusImageEncoderAndIsWrittenAsACli
   lo.ip_adapter = train_adapter(tiny_model(), options(AdapterKind::IpAdapter, scratch("tower-base-ok"), 1), quiet()).adapter_path;
   lo.image_encoder_dir = llava;
   expect_error<ConfigError>([&] { SdModel::load(tiny_model_dir(), lo); }, "has no projection");
+  // Both options are the IP-Adapter's own.
+  AdapterTrainOptions style = options(AdapterKind::Style, scratch("tower-style"), 1);
+  style.image_encoder = llava;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--image-encoder");
+  style.image_encoder.clear();
+  style.f16 = true;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--f16");
 }
 
 // A loss weight (`weight` sets it on the options): training with it lowers its loss, is another

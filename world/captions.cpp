@@ -199,28 +199,33 @@ std::string arms_phrase(ArmPose a, Rng& rng) {
   return "";
 }
 
-// "a green stick figure on the left raising its left arm with its legs apart"; without the pose
-// "a green stick figure on the left" (the same random draws, so the rest of a caption is unchanged).
-std::string figure_phrase(const Figure& f, Rng& rng, Caption* cap, bool side_allowed = true, bool pose = true) {
+// "a green stick figure" + " on the left" (side) + " raising its left arm" (arms, when given) +
+// " with its legs apart" (legs): the figure's words once the choices are made.
+std::string figure_words(const Figure& f, bool side, const std::string& arms, bool legs) {
   std::string s = std::string(article_for(name(f.color))) + " " + name(f.color) + " stick figure";
-  const bool side = side_allowed && rng.chance(0.7);
   if (side) s += f.side == Side::Left ? " on the left" : " on the right";
-  const std::string arms = arms_phrase(f.arms, rng);
-  const bool legs = f.legs == LegPose::Apart ? rng.chance(0.8) : rng.chance(0.3);
-  if (pose) {
+  if (!arms.empty()) {
     s += " " + arms;
     if (legs) {
-      const bool with_first = arms.rfind("with ", 0) == 0;
-      s += with_first ? " and " : " with ";
+      s += arms.rfind("with ", 0) == 0 ? " and " : " with ";
       s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
     }
   }
+  return s;
+}
+
+// "a green stick figure on the left raising its left arm with its legs apart"; without the pose
+// "a green stick figure on the left" (the same random draws, so the rest of a caption is unchanged).
+std::string figure_phrase(const Figure& f, Rng& rng, Caption* cap, bool side_allowed = true, bool pose = true) {
+  const bool side = side_allowed && rng.chance(0.7);
+  const std::string arms = arms_phrase(f.arms, rng);
+  const bool legs = f.legs == LegPose::Apart ? rng.chance(0.8) : rng.chance(0.3);
   if (cap) {
     cap->figure = cap->figure_color = true;
     cap->arms = pose;
     cap->legs = pose && legs;
   }
-  return s;
+  return figure_words(f, side, pose ? arms : std::string(), legs);
 }
 
 const char* rel_words(int rel) {
@@ -386,14 +391,8 @@ Caption complete_caption(const Scene& scene) {
     cap.mentions.push_back(m);
   }
   if (scene.figure) {
-    const Figure& f = *scene.figure;
     Rng wording(0);
-    const std::string arms = arms_phrase(f.arms, wording);
-    std::string s = std::string(article_for(name(f.color))) + " " + name(f.color) + " stick figure" +
-                    (f.side == Side::Left ? " on the left " : " on the right ") + arms;
-    s += arms.rfind("with ", 0) == 0 ? " and " : " with ";
-    s += f.legs == LegPose::Apart ? "its legs apart" : "its legs together";
-    items.push_back(s);
+    items.push_back(figure_words(*scene.figure, true, arms_phrase(scene.figure->arms, wording), true));
     cap.figure = cap.figure_color = cap.arms = cap.legs = true;
   }
   cap.text = join_list(items) + " on a " + std::string(name(scene.background)) + " background, in the " +
