@@ -50,6 +50,10 @@ void add_adapter_trainer(CLI::App* train, const std::string& name, const std::st
                     "With --plus: weight of an MSE pulling the image tokens onto the text encoder's states of "
                     "the scene's complete caption (one token per text position; 0: off)")
         ->capture_default_str();
+    cmd->add_option("--regression-space", o->regression_space,
+                    "Where caption regression measures the error: text (plain MSE on the text states) or kv "
+                    "(weighted by what the UNet's attn2 keys and values read of it)")
+        ->capture_default_str();
     cmd->add_option("--denoising-weight", o->denoising_weight,
                     "Weight of the denoising loss (0 with --caption-regression: train the image projection alone; "
                     "to_k_ip / to_v_ip stay copies of to_k / to_v)")

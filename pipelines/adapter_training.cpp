@@ -78,6 +78,9 @@ void AdapterTrainOptions::validate() const {
     bad("--patch-labels applies to ip-adapter training with --plus and --train-image-encoder only");
   if (!(denoising_weight >= 0) || !std::isfinite(denoising_weight)) bad("--denoising-weight must be >= 0");
   if (denoising_weight != 1 && kind != AdapterKind::IpAdapter) bad("--denoising-weight applies to ip-adapter training only");
+  if (regression_space != "text" && regression_space != "kv")
+    bad("--regression-space must be text or kv, not \"" + regression_space + "\"");
+  if (regression_space != "text" && caption_regression <= 0) bad("--regression-space needs --caption-regression");
   if (denoising_weight == 0 && caption_regression <= 0)
     bad("--denoising-weight 0 leaves no loss: it needs --caption-regression");
   if (denoising_weight == 0 && text_teacher > 0) bad("--text-teacher shapes the denoising loss: not with --denoising-weight 0");
@@ -130,6 +133,15 @@ class AdapterTrainer {
 
   AdapterTrainResult run(SdModel* preloaded) {
     o_.validate();
+    const std::string checkpoint_dir = (fs::path(o_.out) / "checkpoint").string();
+    if (o_.resume) {
+      // Refuse a mismatched resume now, not after minutes of loading and encoding the data;
+      // the styles the data holds are checked once it is loaded.
+      const bool found = Trainer::check_resumable(checkpoint_dir, o_.seed, [&](const Json& saved) {
+        check_same_settings(saved, run_record(/*with_data=*/false), checkpoint_dir, {"styles"});
+      });
+      if (!found) throw IoError(Trainer::state_path(checkpoint_dir) + ": no checkpoint to resume from");
+    }
     if (preloaded) model_ = *preloaded;
     else load_model();
     freeze_backbone();
@@ -148,7 +160,7 @@ class AdapterTrainer {
     to.seed = o_.seed;
     to.log_every = o_.log_every;
     to.checkpoint_every = 0;  // checkpoints are written below, with the adapter files
-    to.checkpoint_dir = (fs::path(o_.out) / "checkpoint").string();
+    to.checkpoint_dir = checkpoint_dir;
     to.log = [this](const std::string& line) { note(line); };
     Trainer trainer(trainable_parameters(), to);
     trainer.extra() = run_record();
@@ -323,6 +335,7 @@ class AdapterTrainer {
       c.layer_dims = cross_attention_widths(unet, all_cross_attention_layers(unet));
       ip_ = IpAdapter(c);
       copy_layer_kv(unet, all_cross_attention_layers(unet), ip_->to_k_ip, ip_->to_v_ip);
+      if (o_.regression_space == "kv") regression_metric_ = kv_metric();
       ip_->to(model_.device);
       if (o_.patch_labels > 0) {
         label_grid_ = ec.image_size / ec.patch_size;
@@ -474,7 +487,26 @@ class AdapterTrainer {
   at::Tensor caption_regression_loss(const std::vector<int64_t>& idx, const std::vector<bool>& rows) {
     std::vector<at::Tensor> states;
     for (size_t b = 0; b < idx.size(); ++b) states.push_back(rows[b] ? samples_[idx[b]].caption_states : empty_text_);
-    return at::mse_loss(ip_tokens_, at::stack(states).view_as(ip_tokens_));
+    const at::Tensor target = at::stack(states).view_as(ip_tokens_);
+    if (!regression_metric_.defined()) return at::mse_loss(ip_tokens_, target);
+    const at::Tensor e = ip_tokens_ - target;  // [B, T, C]
+    return (at::matmul(e, regression_metric_) * e).mean();  // e^T M e / C per token
+  }
+
+  // [C, C]: mean over the attn2 layers of W_k^T W_k + W_v^T W_v (the layers' own to_k / to_v, of
+  // which to_k_ip / to_v_ip are copies), scaled to trace C, so that e^T M e / C is the MSE for
+  // an error spread evenly over the eigen-directions.
+  at::Tensor kv_metric() const {
+    torch::NoGradGuard no_grad;
+    at::Tensor m;
+    for (size_t i = 0; i < ip_->to_k_ip.size(); ++i)
+      for (const torch::nn::Linear& l : {ip_->to_k_ip[i], ip_->to_v_ip[i]}) {
+        const at::Tensor w = l->weight.detach().to(at::kFloat);  // [inner, C]
+        const at::Tensor g = at::matmul(w.t(), w);
+        m = m.defined() ? m + g : g;
+      }
+    const double c = static_cast<double>(m.size(0));
+    return (m * (c / m.trace().item<double>())).contiguous();
   }
 
   // The adapter's input for rows idx: image embeds [B, D_img] or (Plus) patch features
@@ -542,17 +574,19 @@ class AdapterTrainer {
   }
 
   // The settings that change what a step computes: a resumed run must use the same ones.
-  Json run_record() const {
+  // with_data = false: before the data is loaded, without the styles it holds.
+  Json run_record(bool with_data = true) const {
     Json j = {{"kind", adapter_kind_name(o_.kind)}, {"batch", o_.batch},
             {"resolution", o_.resolution},       {"max_images", o_.max_images},
-            {"drop", {o_.drop_text, o_.drop_cond, o_.drop_both}},
-            {"styles", styles_}};
+            {"drop", {o_.drop_text, o_.drop_cond, o_.drop_both}}};
+    if (with_data) j["styles"] = styles_;
     if (o_.limb_weight > 0) j["limb_weight"] = o_.limb_weight;  // absent when off: older checkpoints resume
     if (o_.ip_plus) j["plus"] = true;
     if (o_.train_image_encoder) j["train_image_encoder"] = true;
     if (o_.text_teacher > 0) j["text_teacher"] = o_.text_teacher;
     if (o_.object_weight > 0) j["object_weight"] = o_.object_weight;
     if (o_.caption_regression > 0) j["caption_regression"] = o_.caption_regression;
+    if (o_.regression_space != "text") j["regression_space"] = o_.regression_space;
     if (o_.denoising_weight != 1) j["denoising_weight"] = o_.denoising_weight;
     if (o_.patch_labels > 0) j["patch_labels"] = o_.patch_labels;
     return j;
@@ -608,6 +642,7 @@ class AdapterTrainer {
   std::vector<TrainSample> samples_;
   at::Tensor empty_text_;
   std::vector<std::string> styles_;
+  at::Tensor regression_metric_;  // [C, C] with --regression-space kv (kv_metric)
   IpAdapter ip_{nullptr};
   StyleAdapter style_{nullptr};
   SkeletonAdapter sk_{nullptr};

@@ -99,6 +99,12 @@ struct AdapterTrainOptions {
   // prompt starts out read like the caption that describes it. The denoising loss alone has to
   // discover position and count through a weak, noisy signal; this states them. 0: off.
   double caption_regression = 0;
+  // Where caption regression measures the distance: "text" (the text encoder's state space, plain
+  // MSE) or "kv" (the space the UNet reads the tokens in: the error e is weighted by
+  // M = mean over attn2 layers of W_k^T W_k + W_v^T W_v, normalised to mean eigenvalue 1, so
+  // directions every layer's keys and values ignore cost nothing and the ones they amplify
+  // cost more).
+  std::string regression_space = "text";
   // IP-Adapter only: weight of the denoising loss. 0 (with caption regression) trains the image
   // projection alone: to_k_ip / to_v_ip stay the copies of each layer's to_k / to_v, so an image
   // prompt is read exactly as the caption its tokens imitate, and no step runs the UNet. (With

@@ -1,5 +1,6 @@
 #include "pipelines/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -44,13 +45,14 @@ NamedTensors named_trainable_parameters(torch::nn::Module& m, const std::string&
   return out;
 }
 
-void check_same_settings(const Json& saved, const Json& now, const std::string& where) {
+void check_same_settings(const Json& saved, const Json& now, const std::string& where,
+                         const std::vector<std::string>& not_yet_known) {
   for (const auto& [key, value] : now.items())
     if (saved.value(key, Json()) != value)
       throw ConfigError(where + ": \"" + key + "\" was " + saved.value(key, Json()).dump() + ", now " + value.dump() +
                         "; resume with the same settings");
   for (const auto& [key, value] : saved.items())
-    if (!now.contains(key))
+    if (!now.contains(key) && std::find(not_yet_known.begin(), not_yet_known.end(), key) == not_yet_known.end())
       throw ConfigError(where + ": \"" + key + "\" was " + value.dump() + ", now off; resume with the same settings");
 }
 
@@ -224,12 +226,15 @@ void Trainer::save() const {
   w.write(state_path(options_.checkpoint_dir));  // temp file + rename
 }
 
-bool Trainer::resume(const std::function<void(const Json&)>& check_extra) {
-  if (options_.checkpoint_dir.empty()) return false;
-  const std::string path = state_path(options_.checkpoint_dir);
-  if (!fs::exists(path)) return false;
-  // Throws FormatError naming the file for truncated or corrupt bytes.
-  const TensorStore store = TensorStore::open(path);
+namespace {
+
+// The header of a trainer checkpoint: step, and the extra record after the seed was checked.
+struct CheckpointHeader {
+  int64_t step = 0;
+  Json extra;
+};
+
+CheckpointHeader read_checkpoint_header(const TensorStore& store, const std::string& path, uint64_t seed) {
   const auto& meta = store.metadata();
   auto meta_of = [&](const std::string& key) -> const std::string& {
     const auto it = meta.find(key);
@@ -237,19 +242,43 @@ bool Trainer::resume(const std::function<void(const Json&)>& check_extra) {
     return it->second;
   };
   if (meta_of("format") != kFormat) throw FormatError(path + ": not a trainer checkpoint (format '" + meta_of("format") + "')");
-  int64_t step = 0;
-  uint64_t seed = 0;
+  CheckpointHeader h;
+  uint64_t saved_seed = 0;
   try {
-    step = std::stoll(meta_of("step"));
-    seed = std::stoull(meta_of("seed"));
+    h.step = std::stoll(meta_of("step"));
+    saved_seed = std::stoull(meta_of("seed"));
   } catch (const std::logic_error&) {
     throw FormatError(path + ": bad step/seed metadata");
   }
-  if (seed != options_.seed)
-    throw ConfigError(path + ": checkpoint was trained with seed " + std::to_string(seed) + ", this run uses " +
-                      std::to_string(options_.seed) + " (use another checkpoint folder or the same seed)");
-  if (step < 0) throw FormatError(path + ": negative step " + std::to_string(step));
-  Json extra = parse_json(meta_of("extra"), path + " metadata 'extra'");
+  if (saved_seed != seed)
+    throw ConfigError(path + ": checkpoint was trained with seed " + std::to_string(saved_seed) + ", this run uses " +
+                      std::to_string(seed) + " (use another checkpoint folder or the same seed)");
+  if (h.step < 0) throw FormatError(path + ": negative step " + std::to_string(h.step));
+  h.extra = parse_json(meta_of("extra"), path + " metadata 'extra'");
+  return h;
+}
+
+}  // namespace
+
+bool Trainer::check_resumable(const std::string& checkpoint_dir, uint64_t seed,
+                              const std::function<void(const Json&)>& check_extra) {
+  if (checkpoint_dir.empty()) return false;
+  const std::string path = state_path(checkpoint_dir);
+  if (!fs::exists(path)) return false;
+  const CheckpointHeader h = read_checkpoint_header(TensorStore::open(path), path, seed);
+  if (check_extra) check_extra(h.extra);
+  return true;
+}
+
+bool Trainer::resume(const std::function<void(const Json&)>& check_extra) {
+  if (options_.checkpoint_dir.empty()) return false;
+  const std::string path = state_path(options_.checkpoint_dir);
+  if (!fs::exists(path)) return false;
+  // Throws FormatError naming the file for truncated or corrupt bytes.
+  const TensorStore store = TensorStore::open(path);
+  const CheckpointHeader header = read_checkpoint_header(store, path, options_.seed);
+  const int64_t step = header.step;
+  const Json& extra = header.extra;
   if (check_extra) check_extra(extra);
 
   // Check everything before touching any tensor, so a mismatch leaves the trainer unchanged.

@@ -64,6 +64,11 @@ class Trainer {
   // `check_extra` sees the checkpoint's extra record before any tensor is compared, so a changed
   // setting that also changes the parameter set is reported as the setting (check_same_settings).
   bool resume(const std::function<void(const Json&)>& check_extra = {});
+  // The checks of resume() that need only the checkpoint's header (format, seed, extra record),
+  // without building a Trainer: a run can refuse a mismatched resume before it spends minutes
+  // loading data. Returns false when checkpoint_dir holds no checkpoint; throws as resume() does.
+  static bool check_resumable(const std::string& checkpoint_dir, uint64_t seed,
+                              const std::function<void(const Json&)>& check_extra = {});
   // Writes the state atomically into checkpoint_dir (created). No-op without a checkpoint_dir.
   void save() const;
   static std::string state_path(const std::string& checkpoint_dir);
@@ -111,7 +116,10 @@ uint64_t trainer_step_seed(uint64_t seed, int64_t step);
 // still resume); `saved`: the checkpoint's. Every key of `now` must equal the saved value and no
 // saved key may be missing now (a setting switched off). ConfigError naming `where` (the
 // checkpoint), the key and both values otherwise.
-void check_same_settings(const Json& saved, const Json& now, const std::string& where);
+// `not_yet_known`: saved keys `now` cannot hold yet (an early check, before the data that sets
+// them is loaded); they are left to the full check.
+void check_same_settings(const Json& saved, const Json& now, const std::string& where,
+                         const std::vector<std::string>& not_yet_known = {});
 // "1h02m", "3m05s", "12s".
 std::string format_duration(double seconds);
 

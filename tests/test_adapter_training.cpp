@@ -187,6 +187,9 @@ TEST(AdapterTraining, BadOptionsAndData) {
   o.batch = 3;
   o.steps = 4;
   EXPECT_THROW(train_adapter(model, o, quiet()), ConfigError);  // other batch size than the checkpoint
+  // The settings are checked before any data is read: with the data gone, the batch is named.
+  o.data = scratch("missing-folder");
+  expect_error<ConfigError>([&] { train_adapter(model, o, quiet()); }, "\"batch\" was");
   o = options(AdapterKind::Skeleton, scratch("bad-sk"), 2);
   o.data = dataset(0.0);  // no figures, so no skeletons
   EXPECT_THROW(train_adapter(model, o, quiet()), ConfigError);
@@ -334,23 +337,32 @@ TEST(AdapterTraining, TheTextTeacherChangesTheImageOnlyTargetAndResumesOnlyWithI
   expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--text-teacher");
 }
 
+namespace {
+// Per training image: the adapter's image tokens minus the text encoder's states of that scene's
+// complete caption, [T, C] (what caption regression pulls to zero).
+std::vector<at::Tensor> caption_state_errors(const std::string& adapter) {
+  SdLoadOptions lo;
+  lo.ip_adapter = adapter;
+  SdModel m = SdModel::load(tiny_model_dir(), lo);
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> errors;
+  for (const auto& e : world::load_dataset(dataset())) {
+    const Image img = resize_bicubic(to_rgb(load_image(e.image)), 32, 32);  // as the trainer's --resolution 32
+    const at::Tensor tokens = image_prompt_tokens(m, img, 1, false)[0];  // [T, C]
+    errors.push_back(tokens - encode_prompt(m, world::complete_caption(e.scene).text, nullptr).reshape_as(tokens));
+  }
+  return errors;
+}
+}  // namespace
+
 TEST(AdapterTraining, CaptionRegressionPullsThePlusTokensOntoTheCompleteCaptionsStatesAndCanTrainAlone) {
   // Mean squared distance between the adapter's image tokens for each training image and the
   // text encoder's states of that scene's complete caption.
   auto distance = [](const std::string& adapter) {
-    SdLoadOptions lo;
-    lo.ip_adapter = adapter;
-    SdModel m = SdModel::load(tiny_model_dir(), lo);
-    torch::NoGradGuard no_grad;
     double sum = 0;
-    const auto entries = world::load_dataset(dataset());
-    for (const auto& e : entries) {
-      const Image img = resize_bicubic(to_rgb(load_image(e.image)), 32, 32);  // as the trainer's --resolution 32
-      const at::Tensor tokens = image_prompt_tokens(m, img, 1, false)[0];  // [T, C]
-      const at::Tensor states = encode_prompt(m, world::complete_caption(e.scene).text, nullptr).reshape_as(tokens);
-      sum += at::mse_loss(tokens, states).item<double>();
-    }
-    return sum / static_cast<double>(entries.size());
+    const std::vector<at::Tensor> errors = caption_state_errors(adapter);
+    for (const at::Tensor& e : errors) sum += e.pow(2).mean().item<double>();
+    return sum / static_cast<double>(errors.size());
   };
   // The projection alone (no denoising loss): its first step, then 40.
   AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("cr-start"), 1);
@@ -411,6 +423,58 @@ TEST(AdapterTraining, CaptionRegressionPullsThePlusTokensOntoTheCompleteCaptions
   style.caption_regression = 0;
   style.denoising_weight = 0.5;
   expect_error<ConfigError>([&] { train_adapter(tiny_model(), style, quiet()); }, "--denoising-weight");
+}
+
+// --regression-space kv: the regression's error is measured through every attn2 layer's keys
+// and values (what the UNet reads of the tokens); training lowers that distance, learns other
+// tokens than the plain MSE does, and a resume must keep the space.
+TEST(AdapterTraining, CaptionRegressionInKeyValueSpaceLowersWhatTheLayersReadOfTheError) {
+  // Mean over training images and layers of |e W_k^T|^2 + |e W_v^T|^2, e = tokens - caption states.
+  auto kv_distance = [](const std::string& adapter) {
+    const auto weights = file_tensors(adapter);
+    double sum = 0;
+    int64_t terms = 0;
+    for (const at::Tensor& err : caption_state_errors(adapter)) {
+      for (const auto& [k, w] : weights)
+        if (k.find("_ip.weight") != std::string::npos) {
+          sum += at::matmul(err, w.t()).pow(2).mean().item<double>();
+          ++terms;
+        }
+    }
+    return sum / static_cast<double>(terms);
+  };
+  AdapterTrainOptions o = options(AdapterKind::IpAdapter, scratch("kv-start"), 1);
+  o.ip_plus = true;
+  o.caption_regression = 10;
+  o.denoising_weight = 0;
+  o.lr = 1e-2;
+  o.regression_space = "kv";
+  const AdapterTrainResult first = train_adapter(tiny_model(), o, quiet());
+  o.out = scratch("kv-trained");
+  o.steps = 40;
+  const AdapterTrainResult r = train_adapter(tiny_model(), o, quiet());
+  const double start = kv_distance(first.adapter_path), trained = kv_distance(r.adapter_path);
+  EXPECT_LT(trained, 0.5 * start) << "from " << start;
+  // Another loss than the text-space MSE: other fixed-sample losses, other tokens.
+  AdapterTrainOptions text = o;
+  text.out = scratch("kv-text");
+  text.regression_space = "text";
+  const AdapterTrainResult t = train_adapter(tiny_model(), text, quiet());
+  EXPECT_NE(t.eval_loss_before, r.eval_loss_before);
+  EXPECT_FALSE(at::equal(file_tensors(t.adapter_path).at("image_proj.latents"),
+                         file_tensors(r.adapter_path).at("image_proj.latents")));
+  // A resume keeps the space; the option takes text or kv, and needs caption regression.
+  text.out = o.out;
+  text.steps = 42;
+  text.resume = true;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), text, quiet()); }, "regression_space");
+  o.resume = false;
+  o.regression_space = "pixels";
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "pixels");
+  o.regression_space = "kv";
+  o.caption_regression = 0;
+  o.denoising_weight = 1;
+  expect_error<ConfigError>([&] { train_adapter(tiny_model(), o, quiet()); }, "--regression-space");
 }
 
 TEST(AdapterTraining, PatchLabelsTeachTheTrainedEncoderWhatCoversEachPatch) {
