@@ -37,6 +37,11 @@ void add_train_vlm_command(CLI::App& app) {
   cmd->add_option("--encoder", t.encoder_dir, "CLIP vision encoder folder (the pack's image_encoder/)")->required();
   cmd->add_option("--tokenizer", t.tokenizer_path, "SentencePiece tokenizer.model (copied into --out)")->required();
   cmd->add_option("--out", t.out_dir, "LLaVA folder to write (iris ask --model reads it)")->required();
+  cmd->add_option("--init", t.init_dir,
+                  "Start from a trained LLaVA folder (e.g. assets/starter/vlm) with the same config: only the stages whose "
+                  "steps are given run (the fine-tune always)");
+  cmd->add_flag("--encoder-over-init", t.encoder_over_init,
+                "With --init: the vision tower comes from --encoder (e.g. an encoder trained further elsewhere)");
   cmd->add_option("--work", t.work_dir, "Checkpoint folder (one subfolder per stage); a rerun resumes, done stages are skipped");
   cmd->add_flag("--ftz", t.ftz, "FtZ: pretrain a conv augmenting encoder and fuse it into the vision tower");
   cmd->add_flag("--train-vision", t.train_vision, "Finetune also trains the vision tower (and the augmenting encoder)");

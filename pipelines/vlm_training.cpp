@@ -745,6 +745,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
   if (o.paraphrase > 0) fp["paraphrase"] = o.paraphrase;
   if (o.finetune_text_share > 0) fp["finetune_text_share"] = o.finetune_text_share;
   if (config.value("image_position_embedding", false)) fp["image_position"] = true;
+  if (!o.init_dir.empty()) fp["init"] = {{"dir", o.init_dir}, {"encoder_over_init", o.encoder_over_init}};
   return fp;
 }
 
@@ -780,6 +781,68 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
     return;
   }
   write_json(path.string(), fingerprint);
+}
+
+// The first key path where two configs differ ("" when equal).
+std::string first_difference(const Json& a, const Json& b, const std::string& path = "") {
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [k, v] : a.items()) {
+      const std::string at = path.empty() ? k : path + "." + k;
+      if (!b.contains(k)) return at;
+      if (std::string d = first_difference(v, b[k], at); !d.empty()) return d;
+    }
+    for (const auto& [k, v] : b.items())
+      if (!a.contains(k)) return path.empty() ? k : path + "." + k;
+    return "";
+  }
+  return a == b ? "" : (path.empty() ? "(top level)" : path);
+}
+
+// VlmTrainOptions::init_dir: the model's weights from a trained LLaVA folder whose config is the
+// one this run builds (a folder trained with other sizes, tokenizer or encoder would load into
+// the wrong shapes, or silently into another tokenizer's ids).
+// Checked before the work folder records the run, so that a wrong --init leaves nothing behind.
+// Returns the folder's weights part.
+ModelPart init_part(const Json& config, const VlmTrainOptions& o) {
+  if (!fs::is_directory(o.init_dir)) throw IoError(o.init_dir + ": no such LLaVA folder (--init)");
+  const Checkpoint ck = Checkpoint::open(o.init_dir);
+  const ModelPart* part = nullptr;
+  for (const ModelPart& p : ck.parts())
+    if (p.has_weights()) part = &p;
+  if (!part || part->config.is_null())
+    throw CheckpointError(o.init_dir + ": expected a LLaVA folder with config.json and safetensors weights (--init)");
+  if (part->config.contains("visor") && !part->config["visor"].is_null())
+    throw ConfigError(o.init_dir + ": a VISOR folder; --init takes the LLaVA folder it was made from");
+  if (const std::string d = first_difference(config, part->config); !d.empty()) {
+    const auto show = [&](const Json& j) {
+      const Json* x = &j;
+      std::string rest = d;
+      while (x && !rest.empty()) {
+        const std::string key = rest.substr(0, rest.find('.'));
+        rest = rest.find('.') == std::string::npos ? "" : rest.substr(rest.find('.') + 1);
+        x = x->is_object() && x->contains(key) ? &(*x)[key] : nullptr;
+      }
+      return x ? x->dump() : std::string("(absent)");
+    };
+    throw ConfigError(part->config_path + ": \"" + d + "\" is " + show(part->config) + ", this run builds " + show(config) +
+                      " (--init needs the same encoder config, tokenizer, model sizes and options the folder was trained with)");
+  }
+  return *part;
+}
+
+void init_from_folder(LlavaForConditionalGeneration& model, const Json& config, const VlmTrainOptions& o) {
+  const ModelPart part = init_part(config, o);
+  std::vector<std::pair<std::string, at::Tensor>> tower;
+  if (o.encoder_over_init)  // keep the encoder's tower: copied out, restored after the folder's load
+    for (const auto& item : model->vision_tower->named_parameters(true))
+      tower.emplace_back(item.key(), item.value().detach().clone());
+  const LoadReport r = load_llava_weights(model, *part.weights);
+  if (!r.ok()) throw CheckpointError(o.init_dir + ": does not load into the model this run builds: " + r.summary());
+  if (o.encoder_over_init) {
+    at::NoGradGuard no_grad;
+    auto params = model->vision_tower->named_parameters(true);
+    for (const auto& [n, p] : tower) params[n].copy_(p);
+  }
 }
 
 void write_output(const VlmTrainOptions& o, LlavaForConditionalGeneration& model, const Json& config,
@@ -832,6 +895,13 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   if (o.scene_labels && o.vision.steps <= 0 && o.finetune_labels <= 0)
     throw ConfigError("VLM training: scene_labels (style and background per patch) need the vision stage "
                       "(vision steps > 0) or finetune_labels > 0 to train them");
+  if (o.encoder_over_init && o.init_dir.empty())
+    throw ConfigError("VLM training: --encoder-over-init replaces the vision tower of an --init folder; no --init given");
+  if (!o.init_dir.empty()) {
+    // A trained model: the stages that build one from scratch run only when asked for.
+    for (VlmStageSchedule* s : {&o.augment, &o.vision, &o.text, &o.grid, &o.align})
+      if (s->steps < 0) s->steps = 0;
+  }
   if (o.finetune_labels < 0 || (o.finetune_labels > 0 && !o.train_vision))
     throw ConfigError("VLM training: finetune_labels (" + std::to_string(o.finetune_labels) +
                       ") must be >= 0, and > 0 only with train_vision (frozen features cannot learn them)");
@@ -864,6 +934,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     throw ConfigError("VLM training: --paraphrase must be in [0, 1] (got " + std::to_string(o.paraphrase) + ")");
   if (!(o.finetune_text_share >= 0 && o.finetune_text_share < 1))
     throw ConfigError("VLM training: --finetune-text must be in [0, 1) (got " + std::to_string(o.finetune_text_share) + ")");
+  if (!o.init_dir.empty()) init_part(config, o);
   check_work_dir(o.work_dir, run_fingerprint(config, o, s_text, s_ft, s_vision, s_grid));
 
   // Model: seeded init, the pack's encoder as the vision tower, FtZ fusions starting as identity.
@@ -872,6 +943,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
   model->init_weights(world::hash_combine(o.seed, 1));
   if (model->ftz) model->ftz->init_weights(world::hash_combine(o.seed, 2), 0.02, /*zero_out_proj=*/true);
   model->vision_tower->load(*enc.weights);
+  if (!o.init_dir.empty()) init_from_folder(model, config, o);
   model->train();
   int64_t total_params = 0;
   for (const auto& p : model->parameters(true)) total_params += p.numel();

@@ -82,6 +82,14 @@ struct VlmTrainOptions {
   std::string tokenizer_path;  // SentencePiece tokenizer.model (copied into out_dir)
   std::string out_dir;         // the LLaVA folder written
   std::string work_dir;        // checkpoints (work_dir/<stage>); "" = not resumable
+  // Start from a trained LLaVA folder (e.g. the pack's vlm/) instead of a fresh LM: its LM,
+  // projector and vision tower (FtZ parts too) are loaded, and the stages before the fine-tune
+  // default to 0 steps (given steps still run). Its config must be the one these options build
+  // (same encoder config, tokenizer, sizes); the first differing key is named.
+  std::string init_dir;
+  // With init_dir: the vision tower comes from encoder_dir instead (e.g. an encoder trained
+  // further elsewhere, such as the IP-Adapter's); the LM and projector from init_dir.
+  bool encoder_over_init = false;
   bool tiny = false;           // test-sized models and batches
   bool ftz = false;            // FtZ: conv augmenting encoder + fusion
   bool train_vision = false;   // finetune also trains the vision tower (and the augmenting encoder)

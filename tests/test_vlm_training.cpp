@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -28,10 +29,10 @@ using namespace iris;
 namespace {
 
 // A random test-sized CLIP vision encoder folder, like the pack's image_encoder/.
-std::string make_encoder(const fs::path& dir) {
+std::string make_encoder(const fs::path& dir, uint64_t seed = 3) {
   const Json cfg = starter_vision_config(/*tiny=*/true);
   torch::NoGradGuard no_grad;
-  at::manual_seed(3);
+  at::manual_seed(seed);
   ClipVisionModel enc(ClipVisionConfig::from_json(cfg, "test encoder"), true);
   write_json((dir / "config.json").string(), cfg);
   write_weights((dir / "model.safetensors").string(), *enc, false);
@@ -64,6 +65,16 @@ VlmTrainOptions tiny_options(const fs::path& root, int64_t steps) {
   for (VlmStageSchedule* s : {&o.augment, &o.text, &o.align, &o.finetune}) s->steps = steps;
   o.log = [](const std::string&) {};
   return o;
+}
+
+// The error a run stops with ("(no error)" when it finishes).
+std::string message_of(const VlmTrainOptions& x) {
+  try {
+    train_vlm(x);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 world::Question question(const std::string& q, const std::string& a) {
@@ -259,14 +270,6 @@ TEST(VlmTraining, LossFallsOnAFixedBatch) {
 TEST(VlmTraining, BadInputsFailWithClearErrors) {
   const fs::path root = testing_util::scratch_dir();
   VlmTrainOptions o = tiny_options(root, 1);
-  auto message_of = [&](const VlmTrainOptions& x) -> std::string {
-    try {
-      train_vlm(x);
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "(no error)";
-  };
   {
     VlmTrainOptions x = o;
     x.encoder_dir = (root / "no_encoder").string();
@@ -717,4 +720,79 @@ TEST(VlmTraining, BalancedExistenceProbesAreHalfYes) {
   }
   EXPECT_EQ(plain_yes, 40);
   EXPECT_GT(plain_no, 80) << "make_questions' own mix leans to \"no\"";
+}
+
+// --init: a run starts from a trained folder. With no steps given nothing trains and the folder
+// comes out as it went in; a fine-tune moves the LM and leaves the frozen tower; with
+// --encoder-over-init the tower is the encoder's and the rest the folder's. A folder of other
+// sizes is refused naming the config key, before the work folder records anything.
+TEST(VlmTraining, InitStartsFromATrainedFolder) {
+  const fs::path root = testing_util::scratch_dir();
+  VlmTrainOptions a = tiny_options(root / "a", 2);
+  train_vlm(a);
+  const fs::path trained = root / "a" / "out" / "model.safetensors";
+  auto weights = [](const fs::path& p) {
+    const TensorStore st = TensorStore::open(p.string());
+    std::map<std::string, at::Tensor> m;
+    for (const std::string& n : st.names()) m[n] = read_tensor(st, n).to(at::kFloat);
+    return m;
+  };
+  const auto from = weights(trained);
+  const std::string lm_key = "language_model.model.layers.0.self_attn.q_proj.weight";
+  const std::string tower_key = "vision_tower.vision_model.embeddings.patch_embedding.weight";
+  ASSERT_TRUE(from.count(lm_key) && from.count(tower_key)) << "LLaVA names changed";
+
+  VlmTrainOptions b = tiny_options(root / "b", -1);  // every stage at its default
+  b.init_dir = (root / "a" / "out").string();
+  b.finetune.steps = 0;
+  const VlmTrainReport rb = train_vlm(b);
+  for (const VlmStageReport& st : rb.stages) EXPECT_TRUE(st.skipped) << st.name << " ran";
+  const auto same = weights(root / "b" / "out" / "model.safetensors");
+  ASSERT_EQ(same.size(), from.size());
+  for (const auto& [n, t] : from) EXPECT_TRUE(at::equal(t, same.at(n))) << n;
+
+  VlmTrainOptions c = b;
+  c.out_dir = (root / "c" / "out").string();
+  c.work_dir = (root / "c" / "work").string();
+  c.finetune.steps = 2;
+  const VlmTrainReport rc = train_vlm(c);
+  EXPECT_FALSE(rc.stages.back().skipped);
+  const auto tuned = weights(root / "c" / "out" / "model.safetensors");
+  EXPECT_FALSE(at::allclose(tuned.at(lm_key), from.at(lm_key), 1e-4, 1e-4)) << "the fine-tune did not move the LM";
+  EXPECT_TRUE(at::equal(tuned.at(tower_key), from.at(tower_key))) << "the frozen tower moved";
+
+  VlmTrainOptions d = b;
+  d.encoder_dir = make_encoder(root / "other_encoder", 11);
+  d.encoder_over_init = true;
+  d.out_dir = (root / "d" / "out").string();
+  d.work_dir = (root / "d" / "work").string();
+  train_vlm(d);
+  const auto swapped = weights(root / "d" / "out" / "model.safetensors");
+  const auto other = weights(root / "other_encoder" / "model.safetensors");
+  const std::string enc_key = "vision_model.embeddings.patch_embedding.weight";
+  EXPECT_TRUE(at::equal(swapped.at(tower_key), other.at(enc_key).to(at::kHalf).to(at::kFloat)));
+  EXPECT_FALSE(at::equal(swapped.at(tower_key), from.at(tower_key)));
+  EXPECT_TRUE(at::equal(swapped.at(lm_key), from.at(lm_key)));
+
+  {
+    VlmTrainOptions x = b;
+    x.init_dir = (root / "nowhere").string();
+    EXPECT_THROW(train_vlm(x), IoError);
+    EXPECT_NE(message_of(x).find("nowhere: no such LLaVA folder"), std::string::npos) << message_of(x);
+  }
+  {
+    VlmTrainOptions x = b;
+    x.sizes.intermediate = 96;
+    x.work_dir = (root / "e" / "work").string();
+    EXPECT_THROW(train_vlm(x), ConfigError);
+    EXPECT_NE(message_of(x).find("\"text_config.intermediate_size\" is 128, this run builds 96"), std::string::npos)
+        << message_of(x);
+    EXPECT_FALSE(fs::exists(root / "e" / "work" / "vlm_run.json")) << "a refused --init left a run record";
+  }
+  {
+    VlmTrainOptions x = tiny_options(root / "f", 0);
+    x.encoder_over_init = true;
+    EXPECT_THROW(train_vlm(x), ConfigError);
+    EXPECT_NE(message_of(x).find("no --init given"), std::string::npos) << message_of(x);
+  }
 }
