@@ -12,6 +12,9 @@
 #        augment (FtZ conv encoder, pixel reconstruction), text (LM from scratch),   model.safetensors,
 #        align (projector + fusion), finetune (LM + projector + fusion)              tokenizer.model, ...)
 #      ending with a quick exact-match check on CHECK held-out questions
+#   2b. Re-tune on the IP-Adapter's image encoder (after scripts/train_starter_pack.sh has
+#       trained it, starting from this VLM's tower): iris train vlm --init $OUT --encoder-over-init
+#       (align 300, fine-tune RETUNE_STEPS)           -> $OUT
 #   3. ViSpec draft on the VLM's own descriptions      iris train draft -> $DRAFT_OUT (F16)
 #   4. VISOR variant (universal training + router)     iris train visor -> $VISOR_OUT (F16)
 #   5. Held-out eval (VQA accuracy, POPE F1, CHAIR)    iris eval vlm   -> $WORK/eval_vlm.json
@@ -73,6 +76,11 @@
 #                  asked per scene of a universal step (default 6), VISOR_POSITION=0 no position
 #                  table on the image tokens (default 1: --position-embedding),
 #                  VISOR_ROUTER_EXAMPLES=N questions pseudo-labelled for the router (default 1024)
+#   IP_ENCODER=DIR the re-tune's vision tower (default assets/starter/adapters/image_encoder: the
+#                  IP-Adapter's encoder, which learned to read colour, shape and size per patch while
+#                  it learned the image prompt); absent -> the stage waits (run this script again
+#                  after scripts/train_starter_pack.sh)
+#   RETUNE_STEPS=N the re-tune's fine-tune steps (default 4500 at 3e-4, seed 4321; 0 = no re-tune)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -139,14 +147,15 @@ stage_finished() {
   case $1 in
     spm) rm -rf "$WORK"/vlm{,-vision}.done "$WORK"/vlm-continue-*.done "${WORK:?}/vlm" ;;
     vlm-vision) rm -rf "$WORK"/vlm.done "$WORK"/vlm-continue-*.done ;;
-    vlm) rm -rf "$WORK"/vlm-continue-*.done "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
-    vlm-continue-*)  # the continuations after this one, the draft and VISOR
+    vlm) rm -rf "$WORK"/vlm-continue-*.done "$WORK"/{retune,draft,visor}.done "${WORK:?}/retune" "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    vlm-continue-*)  # the continuations after this one, the re-tune, the draft and VISOR
       local after=0 n
       for n in $FINETUNE_CONTINUE; do
         [ "$after" = 1 ] && rm -f "$WORK/vlm-continue-$n.done"
         [ "vlm-continue-$n" = "$1" ] && after=1
       done
-      rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+      rm -rf "$WORK"/{retune,draft,visor}.done "${WORK:?}/retune" "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    retune) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
 
@@ -170,6 +179,28 @@ stage vlm vlm_stage "${FINETUNE_STEPS:-}"
 for n in ${FINETUNE_CONTINUE:-0}; do
   if [ "$n" != 0 ]; then stage "vlm-continue-$n" vlm_stage "$n"; fi
 done
+
+# The re-tune: the finished VLM goes on with the IP-Adapter's image encoder as its tower (a new
+# projector alignment, then the fine-tune with the tower training and reading its patch labels).
+# It writes to $WORK/retune/out and is copied into $OUT, so an interrupted run resumes from its
+# own checkpoint and never starts from a half-written $OUT.
+IP_ENCODER=${IP_ENCODER:-assets/starter/adapters/image_encoder}
+RETUNE_STEPS=${RETUNE_STEPS:-4500}
+[ "${SMOKE:-0}" = 1 ] && RETUNE_STEPS=${RETUNE_STEPS_SMOKE:-3}
+retune_stage() {
+  $IRIS train vlm --init "$OUT" --encoder "$IP_ENCODER" --encoder-over-init \
+    --tokenizer "$WORK/spm/tokenizer.model" --out "$WORK/retune/out" --work "$WORK/retune/work" \
+    --seed 4321 --threads "$THREADS" --check "$CHECK" --align-steps "$([ "${SMOKE:-0}" = 1 ] && echo 2 || echo 300)" \
+    --finetune-steps "$RETUNE_STEPS" --finetune-lr 3e-4 --finetune-warmup 100 "${EXTRA[@]}"
+  cp "$WORK/retune/out"/* "$OUT/"
+}
+if [ "$RETUNE_STEPS" != 0 ]; then
+  if [ -f "$IP_ENCODER/config.json" ]; then
+    stage retune retune_stage
+  else
+    echo "== retune: waits for the IP-Adapter's image encoder ($IP_ENCODER: scripts/train_starter_pack.sh), then run this script again"
+  fi
+fi
 
 # The draft's training state stays in $WORK/draft; only its weights and config ship.
 draft_stage() {

@@ -133,15 +133,16 @@ TEST(StarterAssets, SmallVlmEvalAboveFloor) {
   o.describe = 2;
   const VlmEvalResult r = run_vlm_eval(greedy_vqa_answerer(m), o);
   EXPECT_GE(r.short_answers.total, 48);
-  // Measured on the full eval (500 questions): 79%; on these 48: 77% (the first pack VLM: 48%
-  // and 58%). A broken loader, tokenizer or chat format answers garbage and scores near 0.
-  // (This floor does not prove the model reads the image; the eval's per-kind table does.)
-  EXPECT_GE(r.short_answers.rate(), 0.60) << format_vlm_eval_table(r, o);
+  // Measured on the full eval (500 questions): 85%; on these 48: 81% (the VLM before the re-tune
+  // on the IP-Adapter's encoder: 79% and 77%; the first pack VLM: 48% and 58%). A broken loader,
+  // tokenizer or chat format answers garbage and scores near 0. (This floor does not prove the
+  // model reads the image; the eval's per-kind table does.)
+  EXPECT_GE(r.short_answers.rate(), 0.70) << format_vlm_eval_table(r, o);
   EXPECT_GT(r.pope.at("all").total(), 0);
-  // Existence probes: F1 86 / 86 / 75% on these scenes (random / popular / adversarial). A model
+  // Existence probes: F1 86 / 86 / 86% on these scenes (random / popular / adversarial). A model
   // that answers every probe "no" (what several training runs ended as) scores 0.
   for (const char* split : {"random", "popular", "adversarial"})
-    EXPECT_GE(r.pope.at(split).f1(), 0.5) << split << "\n" << format_vlm_eval_table(r, o);
+    EXPECT_GE(r.pope.at(split).f1(), 0.7) << split << "\n" << format_vlm_eval_table(r, o);
 }
 
 // The pack's VISOR variant through the same small eval, answered by the VISOR decoder with its
