@@ -108,6 +108,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4} VISOR_CROSS=${VISOR_CROSS:-1} VISOR_ROUTER_EXAMPLES=${VISOR_ROUTER_EXAMPLES:-8}
   EXTRA=(--tiny --log-every 1)
   FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
+  RETUNE_STEPS=${RETUNE_STEPS:-3} RETUNE_ALIGN=2
 else
   # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000): the
   # vision stage with scene labels to 2000 then 6000 steps, text 600, align 300, the fine-tune
@@ -118,6 +119,7 @@ else
   FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-"6000 10000 14000 18000 22000"}
   VISION_FIRST=${VISION_FIRST-2000} VISION_STEPS=${VISION_STEPS:-6000} SCENE_LABELS=${SCENE_LABELS:-1}
   LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
+  RETUNE_STEPS=${RETUNE_STEPS:-4500} RETUNE_ALIGN=300
 fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 if [ "$PARAPHRASE" != 0 ]; then
@@ -185,12 +187,10 @@ done
 # It writes to $WORK/retune/out and is copied into $OUT, so an interrupted run resumes from its
 # own checkpoint and never starts from a half-written $OUT.
 IP_ENCODER=${IP_ENCODER:-assets/starter/adapters/image_encoder}
-RETUNE_STEPS=${RETUNE_STEPS:-4500}
-[ "${SMOKE:-0}" = 1 ] && RETUNE_STEPS=${RETUNE_STEPS_SMOKE:-3}
 retune_stage() {
   $IRIS train vlm --init "$OUT" --encoder "$IP_ENCODER" --encoder-over-init \
     --tokenizer "$WORK/spm/tokenizer.model" --out "$WORK/retune/out" --work "$WORK/retune/work" \
-    --seed 4321 --threads "$THREADS" --check "$CHECK" --align-steps "$([ "${SMOKE:-0}" = 1 ] && echo 2 || echo 300)" \
+    --seed 4321 --threads "$THREADS" --check "$CHECK" --align-steps "$RETUNE_ALIGN" \
     --finetune-steps "$RETUNE_STEPS" --finetune-lr 3e-4 --finetune-warmup 100 "${EXTRA[@]}"
   cp "$WORK/retune/out"/* "$OUT/"
 }
