@@ -700,6 +700,34 @@ TEST(WorldCaptions, QuestionsHaveAnswersFromTheScene) {
   for (const char* k : {"positive", "random", "popular", "adversarial"}) EXPECT_GT(pope[k], 100) << k;
 }
 
+// Training scenes never show a held-out combination (purple triangles), and their questions never
+// name one either: an absent-object probe about it would always be answered "no", teaching the
+// model that such an object does not exist before the held-out scenes ask about it.
+TEST(WorldCaptions, TrainingProbesNeverNameAHeldOutCombination) {
+  const auto names_held_out = [](const Question& q) { return q.question.find("purple triangle") != std::string::npos; };
+  int train_named = 0, unguarded_named = 0, held_out_named = 0, train_scenes = 0;
+  for (int i = 0; i < 1500; ++i) {
+    const Scene s = sample_scene(sample_seed(8, i));
+    if (scene_split(s) != Split::Train) continue;
+    ++train_scenes;
+    QuestionOptions qo;
+    qo.split = Split::Train;
+    Rng rng(s.seed);
+    for (const auto& q : make_questions(s, rng, qo)) train_named += names_held_out(q);
+    qo.never_probed_in_training.clear();  // the guard off: random and adversarial probes name it
+    Rng rng2(s.seed);
+    for (const auto& q : make_questions(s, rng2, qo)) unguarded_named += names_held_out(q);
+    qo = QuestionOptions{};
+    qo.split = Split::HeldOut;  // held-out questions may ask about it (POPE negatives included)
+    Rng rng3(s.seed);
+    for (const auto& q : make_questions(s, rng3, qo)) held_out_named += names_held_out(q);
+  }
+  EXPECT_GT(train_scenes, 1000);
+  EXPECT_EQ(train_named, 0);
+  EXPECT_GT(unguarded_named, 50);
+  EXPECT_GT(held_out_named, 50);
+}
+
 TEST(WorldCaptions, TrainingDrawsManyPhrasingsPerKindAndNeverAHeldOutOne) {
   std::map<std::string, std::set<std::string>> phrasings;  // kind -> template ids drawn
   std::set<std::string> held_out_ids;

@@ -670,6 +670,14 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
         if (o.color == c && o.shape == sh) return true;
       return false;
     };
+    // Absent pairs a training scene may be asked about (see never_probed_in_training).
+    auto may_probe_absent = [&](Color c, Shape sh) {
+      if (present(c, sh)) return false;
+      if (opt.split != Split::Train) return true;
+      for (const auto& h : opt.never_probed_in_training)
+        if (h.first == c && h.second == sh) return false;
+      return true;
+    };
     auto probe = [&](Color c, Shape sh, const char* kind) {
       add(
           "exists", {},
@@ -683,7 +691,7 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
     std::vector<std::pair<Color, Shape>> absent;
     for (Color c : all_colors())
       for (Shape sh : all_shapes())
-        if (!present(c, sh)) absent.emplace_back(c, sh);
+        if (may_probe_absent(c, sh)) absent.emplace_back(c, sh);
     if (!absent.empty()) {
       const auto r = rng.pick(absent);
       probe(r.first, r.second, "random");
@@ -697,7 +705,7 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
       rank = &default_rank;
     }
     for (const auto& p : *rank)
-      if (!present(p.first, p.second)) {
+      if (may_probe_absent(p.first, p.second)) {
         probe(p.first, p.second, "popular");
         break;
       }
@@ -705,9 +713,9 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
     const Object& base = s.objects[static_cast<size_t>(rng.below(n))];
     std::vector<std::pair<Color, Shape>> near;
     for (Color c : all_colors())
-      if (!present(c, base.shape)) near.emplace_back(c, base.shape);
+      if (may_probe_absent(c, base.shape)) near.emplace_back(c, base.shape);
     for (Shape sh : all_shapes())
-      if (!present(base.color, sh)) near.emplace_back(base.color, sh);
+      if (may_probe_absent(base.color, sh)) near.emplace_back(base.color, sh);
     if (!near.empty()) {
       const auto a = rng.pick(near);
       probe(a.first, a.second, "adversarial");

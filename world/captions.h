@@ -95,6 +95,12 @@ struct QuestionOptions {
   // POPE "popular" negatives: (colour, shape) pairs, most frequent first. Empty: the ranking
   // of object_popularity() over the default sampler.
   std::vector<std::pair<Color, Shape>> popularity;
+  // Training scenes (Split::Train): no absent-object probe names one of these (colour, shape)
+  // pairs. They are the split's held-out combinations, which no training scene shows; asking
+  // about them anyway would teach a model that such an object is never there ("Is there a purple
+  // triangle?" -> always "no"), and the held-out scenes that do show one would measure that
+  // prior instead of whether the model combines a colour and a shape it knows.
+  std::vector<std::pair<Color, Shape>> never_probed_in_training = default_heldout_combos();
 };
 
 std::vector<Question> make_questions(const Scene& scene, Rng& rng, const QuestionOptions& options = {});
