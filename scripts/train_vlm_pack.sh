@@ -15,7 +15,7 @@
 #   2b. Re-tune on the IP-Adapter's image encoder (after scripts/train_starter_pack.sh has
 #       trained it, starting from this VLM's tower): iris train vlm --init $OUT --encoder-over-init
 #       (align 300, fine-tune RETUNE_STEPS)           -> $OUT
-#   2c. RETUNE_MORE more fine-tune steps on it (a warm restart)  -> $OUT
+#   2c. RETUNE_MORE: more fine-tune runs on it (warm restarts)  -> $OUT
 #   3. ViSpec draft on the VLM's own descriptions      iris train draft -> $DRAFT_OUT (F16)
 #   4. VISOR variant (universal training + router)     iris train visor -> $VISOR_OUT (F16)
 #   5. Held-out eval (VQA accuracy, POPE F1, CHAIR)    iris eval vlm   -> $WORK/eval_vlm.json
@@ -82,8 +82,9 @@
 #                  it learned the image prompt); absent -> the stage waits (run this script again
 #                  after scripts/train_starter_pack.sh)
 #   RETUNE_STEPS=N the re-tune's fine-tune steps (default 4500 at 3e-4, seed 4321; 0 = no re-tune)
-#   RETUNE_MORE=N  after the re-tune, the fine-tune goes on for N more steps from $OUT (a warm
-#                  restart at RETUNE_MORE_LR, default 2e-4; default N 6000; 0 = none)
+#   RETUNE_MORE="N:LR:SEED ..."  after the re-tune, fine-tune runs of N more steps each from
+#                  $OUT (warm restarts at LR with data seed SEED; stages retune-more-1, -2, ...;
+#                  default "6000:2e-4:4321 5000:2e-4:5678", as shipped; 0 = none)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
 #   SMOKE=1        a few steps per stage with test-sized models (checks the script, not quality)
@@ -111,7 +112,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   DRAFT_SCENES=${DRAFT_SCENES:-4} DRAFT_STEPS=${DRAFT_STEPS:-3} VISOR_STEPS=${VISOR_STEPS:-3} VISOR_EVAL=${VISOR_EVAL:-4} VISOR_CROSS=${VISOR_CROSS:-1} VISOR_ROUTER_EXAMPLES=${VISOR_ROUTER_EXAMPLES:-8}
   EXTRA=(--tiny --log-every 1)
   FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-3}
-  RETUNE_STEPS=${RETUNE_STEPS:-3} RETUNE_ALIGN=2 RETUNE_MORE=${RETUNE_MORE:-2}
+  RETUNE_STEPS=${RETUNE_STEPS:-3} RETUNE_ALIGN=2 RETUNE_MORE=${RETUNE_MORE:-"2:2e-4:4321 2:2e-4:5678"}
 else
   # The shipped VLM's schedule (iris train vlm's own defaults are 400/1000/1000/4000): the
   # vision stage with scene labels to 2000 then 6000 steps, text 600, align 300, the fine-tune
@@ -122,7 +123,7 @@ else
   FINETUNE_STEPS=${FINETUNE_STEPS:-3000} FINETUNE_CONTINUE=${FINETUNE_CONTINUE:-"6000 10000 14000 18000 22000"}
   VISION_FIRST=${VISION_FIRST-2000} VISION_STEPS=${VISION_STEPS:-6000} SCENE_LABELS=${SCENE_LABELS:-1}
   LOOKUP=${LOOKUP:-1} ISOLATED=${ISOLATED:-1}
-  RETUNE_STEPS=${RETUNE_STEPS:-4500} RETUNE_ALIGN=300 RETUNE_MORE=${RETUNE_MORE:-6000}
+  RETUNE_STEPS=${RETUNE_STEPS:-4500} RETUNE_ALIGN=300 RETUNE_MORE=${RETUNE_MORE:-"6000:2e-4:4321 5000:2e-4:5678"}
 fi
 [ "${BALANCE_EXISTENCE:-1}" = 1 ] && EXTRA+=(--balance-existence)
 if [ "$PARAPHRASE" != 0 ]; then
@@ -160,8 +161,11 @@ stage_finished() {
         [ "vlm-continue-$n" = "$1" ] && after=1
       done
       rm -rf "$WORK"/{retune,draft,visor}.done "${WORK:?}/retune" "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
-    retune) rm -rf "$WORK"/{retune-more,draft,visor}.done "${WORK:?}/retune-more" "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
-    retune-more) rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    retune) rm -rf "$WORK"/retune-more-* "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
+    retune-more-*)  # the runs after this one, the draft and VISOR
+      local k=${1#retune-more-} j
+      for j in $(seq $((k + 1)) 20); do rm -rf "$WORK/retune-more-$j" "$WORK/retune-more-$j.done"; done
+      rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
 
@@ -205,17 +209,24 @@ if [ "$RETUNE_STEPS" != 0 ]; then
     echo "== retune: waits for the IP-Adapter's image encoder ($IP_ENCODER: scripts/train_starter_pack.sh), then run this script again"
   fi
 fi
-# More fine-tune steps on the re-tuned VLM (same tower, so no new alignment), again through its
+# More fine-tune runs on the re-tuned VLM (same tower, so no new alignment), each through its
 # own work folder and copied into $OUT at the end.
-retune_more_stage() {
+retune_more_stage() {  # retune_more_stage K STEPS LR SEED
+  local dir="$WORK/retune-more-$1"
   $IRIS train vlm --init "$OUT" --encoder "$IP_ENCODER" \
-    --tokenizer "$WORK/spm/tokenizer.model" --out "$WORK/retune-more/out" --work "$WORK/retune-more/work" \
-    --seed 4321 --threads "$THREADS" --check "$CHECK" \
-    --finetune-steps "$RETUNE_MORE" --finetune-lr "${RETUNE_MORE_LR:-2e-4}" --finetune-warmup 100 "${EXTRA[@]}"
-  cp "$WORK/retune-more/out"/* "$OUT/"
+    --tokenizer "$WORK/spm/tokenizer.model" --out "$dir/out" --work "$dir/work" \
+    --seed "$4" --threads "$THREADS" --check "$CHECK" \
+    --finetune-steps "$2" --finetune-lr "$3" --finetune-warmup 100 "${EXTRA[@]}"
+  cp "$dir/out"/* "$OUT/"
 }
 if [ "$RETUNE_STEPS" != 0 ] && [ "$RETUNE_MORE" != 0 ] && [ -f "$WORK/retune.done" ]; then
-  stage retune-more retune_more_stage
+  k=0
+  for run in $RETUNE_MORE; do
+    k=$((k + 1))
+    IFS=: read -r n lr seed <<< "$run"
+    [ -n "$n" ] && [ -n "$lr" ] && [ -n "$seed" ] || { echo "error: RETUNE_MORE entry '$run': expected STEPS:LR:SEED" >&2; exit 1; }
+    stage "retune-more-$k" retune_more_stage "$k" "$n" "$lr" "$seed"
+  done
 fi
 
 # The draft's training state stays in $WORK/draft; only its weights and config ship.
