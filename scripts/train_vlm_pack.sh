@@ -163,8 +163,11 @@ stage_finished() {
       rm -rf "$WORK"/{retune,draft,visor}.done "${WORK:?}/retune" "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
     retune) rm -rf "$WORK"/retune-more-* "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
     retune-more-*)  # the runs after this one, the draft and VISOR
-      local k=${1#retune-more-} j
-      for j in $(seq $((k + 1)) 20); do rm -rf "$WORK/retune-more-$j" "$WORK/retune-more-$j.done"; done
+      local k=${1#retune-more-} f j
+      for f in "$WORK"/retune-more-*; do
+        j=${f##*/retune-more-}; j=${j%.done}
+        [ "$j" -gt "$k" ] 2>/dev/null && rm -rf "$f"
+      done
       rm -rf "$WORK"/{draft,visor}.done "${WORK:?}/draft" "${WORK:?}/visor-work" ;;
   esac
 }
