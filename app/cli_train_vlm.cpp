@@ -56,6 +56,9 @@ void add_train_vlm_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--balance-existence", t.balance_existence,
                 "Image sequences keep as many \"is there a ...?\" probes answered no as answered yes");
+  cmd->add_flag("--relation-drill", t.relation_drill,
+                "Image sequences ask two relation question pairs per scene, yes/no ones answered yes half "
+                "the time, with a lookup on both objects");
   cmd->add_option("--ema", t.finetune_ema, "EMA decay of the finetune weights, exported (0: off)")->capture_default_str();
   add_stage_options(cmd, "augment", t.augment);
   add_stage_options(cmd, "vision", t.vision);

@@ -734,6 +734,7 @@ Json run_fingerprint(const Json& config, const VlmTrainOptions& o, const Resolve
              {"fixed_batch", o.fixed_batch}};
   // Recorded only when on, so work folders made before the option still resume.
   if (o.balance_existence) fp["balance_existence"] = true;
+  if (o.relation_drill) fp["relation_drill"] = true;
   if (vision_stage.steps > 0) fp["vision_batch"] = vision_stage.batch;
   if (o.scene_labels) fp["scene_labels"] = true;  // steps, like the other stages', may grow
   if (grid_stage.steps > 0) {
@@ -762,7 +763,7 @@ void check_work_dir(const std::string& work, const Json& fingerprint) {
         {"isolated_turns", {"grid", "align", "finetune"}}, {"image_position", {"align", "finetune"}},
         // Data mixes that a warm restart of the fine-tune may take up (they change what is
         // learned from then on, not the shapes of what was saved).
-        {"paraphrase", {}}, {"finetune_text_share", {}}};
+        {"paraphrase", {}}, {"finetune_text_share", {}}, {"relation_drill", {}}};
     bool joined = false;
     for (const auto& [key, value] : fingerprint.items()) {
       if (!old.contains(key) && joins_before.count(key)) {
@@ -870,9 +871,10 @@ void write_output(const VlmTrainOptions& o, LlavaForConditionalGeneration& model
 }  // namespace
 
 std::vector<world::Question> vlm_training_questions(const world::Scene& scene, world::Rng& rng, double describe_p,
-                                                   bool balance_existence) {
+                                                   bool balance_existence, bool relation_drill) {
   world::QuestionOptions qo;
   qo.split = world::Split::Train;
+  if (relation_drill) qo.relations = {2, 0.5, true};
   std::vector<world::Question> qs = world::make_questions(scene, rng, qo);
   const bool describe = rng.chance(describe_p);
   qs.erase(std::remove_if(qs.begin(), qs.end(), [&](const world::Question& q) { return q.kind == "describe" && !describe; }),
@@ -1015,7 +1017,8 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
     for (int64_t b = 0; b < B; ++b) {
       world::Rng rng(world::hash_combine(seed ^ 0x9e57ull, static_cast<uint64_t>(b)));
       seqs.push_back(vlm_image_sequence(
-          vocab, vlm_training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability, o.balance_existence),
+          vocab, vlm_training_questions(sc[static_cast<size_t>(b)], rng, o.describe_probability, o.balance_existence,
+                                        o.relation_drill),
           o.max_text_tokens, o.isolated_turns));
     }
     Batch batch = collate(seqs, vocab, T);
@@ -1173,7 +1176,7 @@ VlmTrainReport train_vlm(const VlmTrainOptions& o_in) {
       std::vector<std::vector<world::Question>> qs;
       for (size_t i = 0; i < sc.size(); ++i) {
         world::Rng rng(world::hash_combine(seed ^ 0xa5ull, i));
-        qs.push_back(vlm_training_questions(sc[i], rng, 0.0, o.balance_existence));
+        qs.push_back(vlm_training_questions(sc[i], rng, 0.0, o.balance_existence, o.relation_drill));
       }
       for (size_t j = 0; j < 4; ++j) {
         std::vector<VlmSequence> seqs;

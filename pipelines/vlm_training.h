@@ -140,6 +140,11 @@ struct VlmTrainOptions {
   // Image sequences keep as many absent-object probes ("Is there a red circle?" -> no) as
   // present ones (make_questions draws 1 present, up to 3 absent); the text stage is unchanged.
   bool balance_existence = false;
+  // Image sequences drill relations: two (what, yes/no) relation question pairs per scene,
+  // yes/no ones answered "yes" half the time (the natural draw answers "no" two times in
+  // three, and a small LM learns to always say "no"), and the lookup names both objects
+  // (world::QuestionOptions::relations). The text stage is unchanged.
+  bool relation_drill = false;
   double finetune_ema = 0.0;    // > 0: EMA of the finetune parameters, exported instead of the live ones
   uint64_t seed = 0;
   int64_t log_every = 25, checkpoint_every = 200;
@@ -210,9 +215,9 @@ struct VlmSequence {
 };
 // A training scene's questions (make_questions on the training split), shuffled; "describe"
 // kept with probability describe_p; balance_existence: as many absent-object probes as present
-// ones (VlmTrainOptions::balance_existence).
+// ones (VlmTrainOptions::balance_existence); relation_drill: VlmTrainOptions::relation_drill.
 std::vector<world::Question> vlm_training_questions(const world::Scene& scene, world::Rng& rng, double describe_p,
-                                                   bool balance_existence = false);
+                                                   bool balance_existence = false, bool relation_drill = false);
 // The image sequence of the questions (in the given order; at least the first one, its answer
 // cut when even it does not fit).
 // isolated: every turn is laid out as a first turn ("\n{q} ASSISTANT: {a}</s>" after the

@@ -84,6 +84,7 @@
 #   RETUNE_STEPS=N the re-tune's fine-tune steps (default 4500 at 3e-4, seed 4321; 0 = no re-tune)
 #   RETUNE_MORE="N:LR:SEED ..."  after the re-tune, fine-tune runs of N more steps each from
 #                  $OUT (warm restarts at LR with data seed SEED; stages retune-more-1, -2, ...;
+#                  an entry N:LR:SEED:relations adds --relation-drill to that run;
 #                  default "6000:2e-4:4321 5000:2e-4:5678", as shipped; 0 = none)
 #   CHECK=N        held-out questions of the trainer's end-of-run check (default 200)
 #   EVAL_N=N       eval questions (default 500; 0 skips the eval)
@@ -214,21 +215,23 @@ if [ "$RETUNE_STEPS" != 0 ]; then
 fi
 # More fine-tune runs on the re-tuned VLM (same tower, so no new alignment), each through its
 # own work folder and copied into $OUT at the end.
-retune_more_stage() {  # retune_more_stage K STEPS LR SEED
-  local dir="$WORK/retune-more-$1"
+retune_more_stage() {  # retune_more_stage K STEPS LR SEED [relations]
+  local dir="$WORK/retune-more-$1" mix=()
+  [ "${5:-}" = relations ] && mix=(--relation-drill)
   $IRIS train vlm --init "$OUT" --encoder "$IP_ENCODER" \
     --tokenizer "$WORK/spm/tokenizer.model" --out "$dir/out" --work "$dir/work" \
     --seed "$4" --threads "$THREADS" --check "$CHECK" \
-    --finetune-steps "$2" --finetune-lr "$3" --finetune-warmup 100 "${EXTRA[@]}"
+    --finetune-steps "$2" --finetune-lr "$3" --finetune-warmup 100 "${EXTRA[@]}" "${mix[@]}"
   cp "$dir/out"/* "$OUT/"
 }
 if [ "$RETUNE_STEPS" != 0 ] && [ "$RETUNE_MORE" != 0 ] && [ -f "$WORK/retune.done" ]; then
   k=0
   for run in $RETUNE_MORE; do
     k=$((k + 1))
-    IFS=: read -r n lr seed <<< "$run"
-    [ -n "$n" ] && [ -n "$lr" ] && [ -n "$seed" ] || { echo "error: RETUNE_MORE entry '$run': expected STEPS:LR:SEED" >&2; exit 1; }
-    stage "retune-more-$k" retune_more_stage "$k" "$n" "$lr" "$seed"
+    IFS=: read -r n lr seed mix rest <<< "$run"
+    [ -n "$n" ] && [ -n "$lr" ] && [ -n "$seed" ] && [ -z "${rest:-}" ] && { [ -z "${mix:-}" ] || [ "$mix" = relations ]; } ||
+      { echo "error: RETUNE_MORE entry '$run': expected STEPS:LR:SEED or STEPS:LR:SEED:relations" >&2; exit 1; }
+    stage "retune-more-$k" retune_more_stage "$k" "$n" "$lr" "$seed" "${mix:-}"
   done
 fi
 

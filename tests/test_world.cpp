@@ -728,6 +728,67 @@ TEST(WorldCaptions, TrainingProbesNeverNameAHeldOutCombination) {
   EXPECT_GT(held_out_named, 50);
 }
 
+// The relation drill (a training mix): yes/no relation questions answer "yes" about half the
+// time (the natural draw: about a third), each scene gets two (what, yes/no) pairs, and the
+// items name the objects the answer is read from, consistent with the answer.
+TEST(WorldCaptions, RelationDrillBalancesYesNoAndNamesItems) {
+  // The relation {rel} words a question uses: 0 left of, 1 right of, 2 above, 3 below.
+  const auto relation_of = [](const std::string& q) {
+    if (q.find("to the left of") != std::string::npos) return 0;
+    if (q.find("to the right of") != std::string::npos) return 1;
+    if (q.find(" above ") != std::string::npos) return 2;
+    return q.find(" below ") != std::string::npos ? 3 : -1;
+  };
+  const auto holds = [](const Object& j, const Object& i, int rel) {
+    const int dc = cell_col(j.cell) - cell_col(i.cell), dr = cell_row(j.cell) - cell_row(i.cell);
+    return rel == 0 ? dc < 0 : rel == 1 ? dc > 0 : rel == 2 ? dr < 0 : dr > 0;
+  };
+  int natural_yes = 0, natural_yesno = 0, drill_yes = 0, drill_yesno = 0, drill_what = 0, scenes = 0;
+  for (int k = 0; k < 800; ++k) {
+    const Scene s = sample_scene(sample_seed(9, k));
+    if (s.objects.size() < 2 || scene_split(s) != Split::Train) continue;
+    ++scenes;
+    QuestionOptions natural;
+    natural.max_questions = 100;  // nothing cut
+    Rng rng(s.seed);
+    for (const auto& q : make_questions(s, rng, natural)) {
+      if (q.kind != "relation") continue;
+      EXPECT_TRUE(q.items.empty()) << q.question;  // the default names no items
+      if (q.answer == "yes" || q.answer == "no") ++natural_yesno, natural_yes += q.answer == "yes";
+    }
+    QuestionOptions drill = natural;
+    drill.relations = {2, 0.5, true};
+    Rng rng2(s.seed);
+    for (const auto& q : make_questions(s, rng2, drill)) {
+      if (q.kind != "relation") continue;
+      const int rel = relation_of(q.question);
+      ASSERT_GE(rel, 0) << q.question;
+      ASSERT_FALSE(q.items.empty()) << q.question;
+      for (int it : q.items) ASSERT_LT(it, static_cast<int>(s.objects.size())) << q.question;
+      if (q.answer == "yes" || q.answer == "no") {
+        ++drill_yesno;
+        drill_yes += q.answer == "yes";
+        ASSERT_EQ(q.items.size(), 2u) << q.question;  // {a, b}: "Is the a <rel> the b?"
+        EXPECT_EQ(holds(s.objects[q.items[0]], s.objects[q.items[1]], rel), q.answer == "yes") << q.question;
+      } else {
+        ++drill_what;  // {reference, the objects related to it}; none -> "nothing"
+        EXPECT_EQ(q.items.size() == 1, q.answer == "nothing") << q.question << " -> " << q.answer;
+        for (size_t m = 1; m < q.items.size(); ++m)
+          EXPECT_TRUE(holds(s.objects[q.items[m]], s.objects[q.items[0]], rel)) << q.question;
+      }
+    }
+  }
+  ASSERT_GT(scenes, 200);
+  ASSERT_GT(natural_yesno, 200);
+  const double natural_share = static_cast<double>(natural_yes) / natural_yesno;
+  const double drill_share = static_cast<double>(drill_yes) / drill_yesno;
+  EXPECT_LT(natural_share, 0.42);
+  EXPECT_GT(drill_share, 0.45);
+  EXPECT_LT(drill_share, 0.55);
+  EXPECT_GT(drill_yesno, 1.8 * natural_yesno);  // two rounds per scene
+  EXPECT_GT(drill_what, scenes);
+}
+
 TEST(WorldCaptions, TrainingDrawsManyPhrasingsPerKindAndNeverAHeldOutOne) {
   std::map<std::string, std::set<std::string>> phrasings;  // kind -> template ids drawn
   std::set<std::string> held_out_ids;

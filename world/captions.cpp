@@ -613,29 +613,45 @@ std::vector<Question> make_questions(const Scene& s, Rng& rng, const QuestionOpt
   }
 
   // Relations: "What is left of the X?" and "Is the A above the B?".
-  if (n >= 2) {
+  for (int round = 0; n >= 2 && round < std::max(1, opt.relations.rounds); ++round) {
     const size_t i = static_cast<size_t>(rng.below(n));
     const int rel = static_cast<int>(rng.below(4));
     const std::string ref = reference(s, i, 0);
     std::vector<size_t> hits;
     for (size_t j = 0; j < n; ++j)
       if (j != i && related(s.objects[j], s.objects[i], rel)) hits.push_back(j);
+    std::vector<int> what_items;
+    if (opt.relations.items) {
+      what_items.push_back(static_cast<int>(i));
+      for (size_t h : hits) what_items.push_back(static_cast<int>(h));
+    }
     if (!ref.empty())
       add(
           "relation", {"q.relation.what", "q.relation.which"},
           [&](std::string t) { return replace_all(replace_all(t, "{rel}", rel_words(rel)), "{ref}", ref); },
-          name_objects(s, hits));
+          name_objects(s, hits), what_items);
     size_t j = static_cast<size_t>(rng.below(n - 1));
     if (j >= i) ++j;
     const std::string ra = reference(s, j, 0), rb = ref;
-    const int rel2 = static_cast<int>(rng.below(4));
+    int rel2 = static_cast<int>(rng.below(4));
+    if (opt.relations.yes_share >= 0) {
+      // Some relation holds for two objects in different cells, and some does not (left and
+      // right exclude each other): draw the answer first, then a relation that gives it.
+      std::vector<int> holds, fails;
+      for (int r = 0; r < 4; ++r) (related(s.objects[j], s.objects[i], r) ? holds : fails).push_back(r);
+      const bool yes = rng.chance(opt.relations.yes_share);
+      const std::vector<int>& from = (yes && !holds.empty()) || fails.empty() ? holds : fails;
+      rel2 = from[rng.below(from.size())];
+    }
+    std::vector<int> yesno_items;
+    if (opt.relations.items) yesno_items = {static_cast<int>(j), static_cast<int>(i)};
     if (!ra.empty() && !rb.empty())
       add(
           "relation", {"q.relation.yesno"},
           [&](std::string t) {
             return replace_all(replace_all(replace_all(t, "{a}", ra), "{b}", rb), "{rel}", rel_words(rel2));
           },
-          related(s.objects[j], s.objects[i], rel2) ? "yes" : "no");
+          related(s.objects[j], s.objects[i], rel2) ? "yes" : "no", yesno_items);
   }
 
   add(

@@ -81,8 +81,9 @@ struct Question {
   std::string pope;
   // The scene items the answer is read from: indices into Scene::objects, objects.size() for
   // the stick figure. Empty when no single set of items holds the answer (absent-object
-  // probes, counts of absent things, relations, style, background, descriptions). Training
-  // uses it to tell the LM where in the image to look.
+  // probes, counts of absent things, style, background, descriptions), and for relations
+  // unless QuestionOptions::relations.items asks for them. Training uses it to tell the LM
+  // where in the image to look.
   std::vector<int> items;
 };
 
@@ -101,6 +102,17 @@ struct QuestionOptions {
   // triangle?" -> always "no"), and the held-out scenes that do show one would measure that
   // prior instead of whether the model combines a colour and a shape it knows.
   std::vector<std::pair<Color, Shape>> never_probed_in_training = default_heldout_combos();
+  // Relation questions. The defaults draw one "What is <rel> the X?" and one "Is the A <rel>
+  // the B?" per scene with a uniformly drawn relation, so about two in three yes/no relation
+  // questions answer "no" (the relation must hold for that pair and that direction), and the
+  // questions name no items. A training mix may drill relations harder:
+  struct Relations {
+    int rounds = 1;          // (what, yes/no) question pairs per scene, each with its own draw
+    double yes_share = -1;   // >= 0: a yes/no question answers "yes" with this probability
+                             // (when the pair allows it); < 0: the relation drawn uniformly
+    bool items = false;      // name the items the answer is read from: the reference object and
+                             // the objects related to it ("what"), or both objects ("yes/no")
+  } relations;
 };
 
 std::vector<Question> make_questions(const Scene& scene, Rng& rng, const QuestionOptions& options = {});
